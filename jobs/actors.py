@@ -1,0 +1,119 @@
+"""The Dramatiq actors of the archive pipeline: one per step of :mod:`jobs.steps`.
+
+Importing this module configures the broker from ``SNAPARCHIVE_BROKER_URL``. Actors are
+plain functions that run their step on the worker process's event loop (the AsyncIO
+middleware's) and send the next step as a message, delayed when the step asks to wait:
+polling an export never sleeps in a worker thread. Messages carry only the zone and the
+snapshot id; credentials come from each worker's environment.
+
+Transient errors are retried by Dramatiq with backoff, up to :data:`MAX_RETRIES`;
+permanent ones, and transient ones on the last retry, end the job as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import CurrentMessage, Middleware
+
+from jobs.context import Context
+from jobs.steps import STEPS, Next, fail
+from worker import settings as settings_module
+from worker.broker import QUEUE, make_broker
+from worker.errors import SnaparchiveError
+from worker.jobstore import RedisJobStore
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 8
+#: Polling steps are short; the transfer runs for one slice (SNAPARCHIVE_TRANSFER_SLICE).
+SHORT_TIME_LIMIT = 5 * 60 * 1000
+_context: Context | None = None
+
+
+async def _get_context() -> Context:
+    """The process's context, made on first use on the worker's event loop."""
+    global _context
+    if _context is None:
+        settings = settings_module.load()
+        _context = Context.create(settings, RedisJobStore(settings.redis_url))
+    return _context
+
+
+class ContextLifecycle(Middleware):
+    """Tells running transfers to checkpoint at shutdown, then closes the context."""
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        if _context is not None:
+            get_event_loop_thread().loop.call_soon_threadsafe(_context.shutdown.set)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        global _context
+        if _context is not None:
+            get_event_loop_thread().run_coroutine(_context.close())
+            _context = None
+
+
+async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
+    ctx = await _get_context()
+    try:
+        return await STEPS[name](ctx, zone, snapshot_id)
+    except Exception as error:
+        permanent = isinstance(error, SnaparchiveError) and error.permanent
+        if permanent or last_try:
+            await fail(ctx, zone, snapshot_id, error)
+            return None
+        logger.warning("%s %s/%s: %s (will retry)", name, zone, snapshot_id, error)
+        raise
+
+
+def _drive(name: str, zone: str, snapshot_id: str) -> None:
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message is not None else 0
+    following = get_event_loop_thread().run_coroutine(
+        _run_step(name, zone, snapshot_id, last_try=retries >= MAX_RETRIES)
+    )
+    if following is not None:
+        ACTORS[following.step].send_with_options(
+            args=(zone, snapshot_id), delay=int(following.delay * 1000)
+        )
+
+
+_settings = settings_module.load()
+broker = make_broker(
+    _settings.broker_url, ContextLifecycle(), heartbeat_timeout=_settings.heartbeat_timeout
+)
+_options = {
+    "queue_name": QUEUE,
+    "max_retries": MAX_RETRIES,
+    "min_backoff": 5_000,
+    "max_backoff": 300_000,
+}
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def start_export(zone: str, snapshot_id: str) -> None:
+    """Adopt an existing archive or export, or start the export."""
+    _drive("start_export", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def await_export(zone: str, snapshot_id: str) -> None:
+    """Check the export once; re-enqueued with a delay while it is pending."""
+    _drive("await_export", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=(_settings.transfer_slice + 600) * 1000, **_options)
+def transfer_snapshot(zone: str, snapshot_id: str) -> None:
+    """Stream, verify and archive the export for one slice, resuming from the checkpoint."""
+    _drive("transfer_snapshot", zone, snapshot_id)
+
+
+ACTORS: dict[str, dramatiq.Actor] = {
+    "start_export": start_export,
+    "await_export": await_export,
+    "transfer_snapshot": transfer_snapshot,
+}

@@ -1,0 +1,57 @@
+"""What the pipeline steps work with: settings, job store, Exoscale client, archive store.
+
+One :class:`Context` per process and event loop. Dramatiq workers build it lazily on the
+AsyncIO middleware's loop (aiohttp sessions and async Redis clients belong to one loop);
+``snaparchive archive --local`` builds one with a memory job store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from worker.archive import ArchiveStore
+from worker.exoscale import ExoscaleClient
+from worker.jobstore import JobStore
+from worker.settings import Settings
+
+
+@dataclass
+class Context:
+    """The adapters one process's steps share.
+
+    Attributes:
+      settings: Everything read from the environment.
+      store: Where job state lives.
+      exoscale: The API client.
+      archive: The S3 archive store.
+      owner: This process's lease token (host, pid and a random part).
+      shutdown: Set when the process is stopping; transfers checkpoint and yield.
+    """
+
+    settings: Settings
+    store: JobStore
+    exoscale: ExoscaleClient
+    archive: ArchiveStore
+    owner: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    )
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def create(cls, settings: Settings, store: JobStore) -> Context:
+        """Build the adapters from ``settings``; raises ConfigError for what is missing."""
+        settings.s3.require_bucket()
+        return cls(
+            settings=settings,
+            store=store,
+            exoscale=ExoscaleClient(settings.exoscale),
+            archive=ArchiveStore(settings.s3),
+        )
+
+    async def close(self) -> None:
+        await self.exoscale.close()
+        await self.store.close()

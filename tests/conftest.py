@@ -1,0 +1,6 @@
+pytest_plugins = [
+    "tests.fakes.fixtures",
+    "tests.fixtures.s3",
+    "tests.fixtures.simulator",
+    "tests.fixtures.transfer",
+]

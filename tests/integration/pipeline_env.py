@@ -1,0 +1,115 @@
+"""Helpers for end-to-end tests: the environment of a pipeline on the simulator and moto,
+worker subprocesses, and reading an archive back from the bucket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+
+SNAPARCHIVE = str(Path(sys.executable).with_name("snaparchive"))
+ZONE = "ch-gva-2"
+
+
+def pipeline_env(simulator, moto_endpoint: str, bucket: str, broker_url: str, redis_url: str):
+    """The environment a worker and the CLI need to archive from the simulator into moto."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SNAPARCHIVE_", "EXOSCALE_"))}
+    env.update(
+        EXOSCALE_API_ENDPOINT=simulator.endpoint,
+        EXOSCALE_API_KEY=simulator.key,
+        EXOSCALE_API_SECRET=simulator.secret,
+        SNAPARCHIVE_S3_ENDPOINT=moto_endpoint,
+        SNAPARCHIVE_S3_BUCKET=bucket,
+        SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS="127.0.0.1",
+        SNAPARCHIVE_BROKER_URL=broker_url,
+        SNAPARCHIVE_REDIS_URL=redis_url,
+        SNAPARCHIVE_PART_SIZE="5MiB",
+        SNAPARCHIVE_LEASE_TTL="5",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the ``snaparchive`` console script."""
+    return subprocess.run(
+        [SNAPARCHIVE, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@contextmanager
+def worker_process(env: dict[str, str], threads: int = 2) -> Iterator[subprocess.Popen]:
+    """A ``snaparchive worker`` subprocess, stopped with SIGTERM at the end."""
+    process = subprocess.Popen(
+        [
+            SNAPARCHIVE,
+            "worker",
+            "--processes",
+            "1",
+            "--threads",
+            str(threads),
+            "--shutdown-timeout",
+            "10",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def stored_md5(moto_endpoint: str, bucket: str, result: dict) -> str:
+    """MD5 of the archive's objects read back from the bucket and concatenated in order."""
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    digest = hashlib.md5()
+    for obj in result["objects"]:
+        body = s3.get_object(Bucket=bucket, Key=obj["key"])["Body"]
+        for chunk in body.iter_chunks(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bucket_is_clean(moto_endpoint: str, bucket: str) -> bool:
+    """No object and no open multipart upload in ``bucket``."""
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    objects = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return not objects and not uploads
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def status_json(env: dict[str, str], snapshot_id: str) -> dict | None:
+    done = cli(env, "status", snapshot_id, "--json")
+    return json.loads(done.stdout) if done.returncode == 0 else None

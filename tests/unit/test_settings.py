@@ -1,0 +1,68 @@
+"""Settings from the environment: defaults, parsing, errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import load
+from worker.units import GiB, MiB, TiB, format_size, parse_size
+
+
+def test_defaults() -> None:
+    settings = load({})
+    assert settings.exoscale.url("de-fra-1") == "https://api-de-fra-1.exoscale.com/v2"
+    assert settings.s3.prefix == "snaparchive/" and settings.s3.addressing_style == "path"
+    assert settings.transfer.segment_limit == TiB
+    assert settings.transfer.allowed_download_hosts == ("*.exo.io",)
+    assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
+
+
+def test_values_are_parsed() -> None:
+    settings = load(
+        {
+            "EXOSCALE_API_ENDPOINT": "http://127.0.0.1:8080/{zone}/v2/",
+            "SNAPARCHIVE_S3_PREFIX": "backups",
+            "SNAPARCHIVE_SEGMENT_LIMIT": "2GiB",
+            "SNAPARCHIVE_PART_SIZE": "16MiB",
+            "SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS": "*.exo.io, 127.0.0.1 ,",
+            "SNAPARCHIVE_BROKER_URL": "amqp://guest:guest@localhost:5672/",
+        }
+    )
+    assert settings.exoscale.url("at-vie-1") == "http://127.0.0.1:8080/at-vie-1/v2"
+    assert settings.s3.prefix == "backups/"
+    assert settings.transfer.segment_limit == 2 * GiB
+    assert settings.transfer.part_size == 16 * MiB
+    assert settings.transfer.allowed_download_hosts == ("*.exo.io", "127.0.0.1")
+    assert settings.redis_url == "redis://127.0.0.1:6379/0"  # the job store stays on Redis
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SNAPARCHIVE_SEGMENT_LIMIT": "lots"}, "SNAPARCHIVE_SEGMENT_LIMIT"),
+        ({"SNAPARCHIVE_UPLOAD_CONCURRENCY": "0"}, "SNAPARCHIVE_UPLOAD_CONCURRENCY"),
+        ({"SNAPARCHIVE_BROKER_URL": "kafka://x"}, "SNAPARCHIVE_BROKER_URL"),
+        ({"SNAPARCHIVE_S3_ADDRESSING_STYLE": "sideways"}, "SNAPARCHIVE_S3_ADDRESSING_STYLE"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load(env)
+
+
+def test_missing_credentials_and_bucket_are_named() -> None:
+    settings = load({"EXOSCALE_API_KEY": "EXO1"})
+    with pytest.raises(ConfigError, match="EXOSCALE_API_SECRET is not set"):
+        settings.exoscale.require_credentials()
+    with pytest.raises(ConfigError, match="SNAPARCHIVE_S3_BUCKET is not set"):
+        settings.s3.require_bucket()
+
+
+def test_sizes() -> None:
+    assert parse_size("64MiB") == 64 * MiB
+    assert parse_size("1.5GiB") == 3 * GiB // 2
+    assert parse_size("1000") == 1000
+    assert format_size(3 * GiB // 2) == "1.5 GiB"
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size("12 parsecs")

@@ -1,0 +1,566 @@
+"""The archive store: an S3-compatible bucket holding verified snapshot images.
+
+Key layout under ``S3Settings.prefix`` (default ``snaparchive/``)::
+
+    {prefix}{provider}/{zone}/{snapshot_id}/manifest.json     written last: a verified archive
+    {prefix}{provider}/{zone}/{snapshot_id}/image             the image, when it is one object
+    {prefix}{provider}/{zone}/{snapshot_id}/image.seg00000    ... or its segments, in order
+    {prefix}{provider}/{zone}/{snapshot_id}/image.seg00001
+
+Only the manifest makes an archive: image objects without one are leftovers of a
+failed commit and are never read as an archive. Every boto3 call runs in a thread
+pool owned by the store, so the event loop never blocks on S3; botocore's
+``standard`` retry mode retries 5xx, ``SlowDown`` and dropped connections with
+backoff, and what still fails becomes :class:`~worker.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+import logging
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, InvalidRegionError
+
+from worker.errors import ArchiveExists, ConfigError, NotFound, StoreError, StoreIntegrityError
+from worker.settings import S3Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+#: Attempts per S3 call, first one included (botocore ``standard`` mode backs off up to 20 s).
+S3_MAX_ATTEMPTS = 8
+
+
+def s3_client(settings: S3Settings, *, max_pool_connections: int = 10) -> Any:
+    """Return a boto3 S3 client for ``settings``.
+
+    Parameters:
+      settings: Endpoint, region and addressing style; credentials come from boto3's chain.
+      max_pool_connections: HTTP connections kept, at least the threads calling it (default 10).
+
+    Checksums are sent and checked only where an operation requires them: boto3's
+    default CRC32 on every upload breaks many S3-compatible stores (see
+    ``transfer-notes.md``). Payloads are not SHA256-signed (``UNSIGNED-PAYLOAD``): that
+    would be one more full hash pass per part, and the transfer engine checks each part
+    against its own MD5 instead. TLS verification stays on.
+    """
+    config = Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": settings.addressing_style, "payload_signing_enabled": False},
+        retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+        max_pool_connections=max_pool_connections,
+        connect_timeout=30,
+        read_timeout=300,
+    )
+    try:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=settings.endpoint, region_name=settings.region, config=config
+        )
+    except InvalidRegionError:
+        raise ConfigError(
+            f"SNAPARCHIVE_S3_REGION: not a region name: {settings.region!r}"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"SNAPARCHIVE_S3_ENDPOINT: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ArchivedObject:
+    """One stored object of an archive: its ``key``, ``size`` in bytes, multipart ``etag``
+    (without quotes) and ``offset`` of its first byte in the image."""
+
+    key: str
+    size: int
+    etag: str
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The JSON document that commits an archive; see :meth:`to_json` for the format.
+
+    Parameters:
+      provider, zone, snapshot_id, snapshot_name, instance_id, created_at: The source snapshot.
+      size: Image size in bytes.
+      md5: The image's MD5, equal to the export's published md5sum.
+      part_size: Multipart part size used for the objects.
+      objects: The image objects in order; concatenated they are the image.
+      tool_version: ``worker.__version__`` of the writer.
+      archived_at: ISO 8601 UTC time of the commit.
+    """
+
+    provider: str
+    zone: str
+    snapshot_id: str
+    snapshot_name: str
+    instance_id: str | None
+    created_at: str | None
+    size: int
+    md5: str
+    part_size: int
+    objects: tuple[ArchivedObject, ...]
+    tool_version: str
+    archived_at: str
+    format: int = field(default=MANIFEST_FORMAT)
+
+    def to_json(self) -> bytes:
+        """Return the manifest as UTF-8 JSON (objects listed as ``segments``)."""
+        data = asdict(self)
+        data["segments"] = data.pop("objects")
+        return json.dumps(data, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, key: str = "manifest") -> Manifest:
+        """Parse :meth:`to_json` output.
+
+        Raises:
+          StoreIntegrityError: When ``raw`` is not a manifest of a known format.
+        """
+        try:
+            data = json.loads(raw)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            objects = tuple(ArchivedObject(**item) for item in data.pop("segments"))
+            return cls(objects=objects, **data)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise StoreIntegrityError(f"malformed manifest {key}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """Where a verified archive is: ``bucket``, ``manifest_key``, the image's ``md5`` and
+    ``size``, and its ``objects`` in order."""
+
+    bucket: str
+    manifest_key: str
+    md5: str
+    size: int
+    objects: list[ArchivedObject]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable copy (for the job record)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchiveResult:
+        return cls(
+            bucket=data["bucket"],
+            manifest_key=data["manifest_key"],
+            md5=data["md5"],
+            size=int(data["size"]),
+            objects=[ArchivedObject(**item) for item in data["objects"]],
+        )
+
+
+@dataclass(frozen=True)
+class UploadedPart:
+    """UploadPart's answer: the part's ``etag`` and whether it is the part's hex MD5
+    (``etag_is_md5``: true on AWS without KMS/SSE-C, SOS, MinIO, Ceph, moto)."""
+
+    etag: str
+    etag_is_md5: bool
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A part as ListParts reports it: S3 part ``number``, ``size``, ``etag`` (no quotes)."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class OpenUpload:
+    """An incomplete multipart upload: object ``key``, ``upload_id``, ``initiated`` time."""
+
+    key: str
+    upload_id: str
+    initiated: datetime | None
+
+
+class ViewReader(io.RawIOBase):
+    """A seekable, read-only file over a memoryview: botocore takes no memoryview as a body,
+    and ``bytes(view)`` would copy a whole part."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view.cast("B")
+        self._position = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._view[self._position : self._position + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+
+def _component(name: str, value: str) -> str:
+    if not value or "/" in value or value in (".", ".."):
+        raise ValueError(f"{name} must be a non-empty name without '/', got {value!r}")
+    return value
+
+
+def _code(exc: ClientError) -> tuple[str, int]:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return str(error.get("Code", "")), int(status or 0)
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip('"')
+
+
+class ArchiveStore:
+    """Archive objects, manifests and multipart uploads in one bucket.
+
+    Parameters:
+      settings: The bucket, prefix, endpoint and addressing style.
+      client: A boto3 S3 client; default: :func:`s3_client` for ``settings``.
+      max_workers: Threads running boto3 calls; size it to the upload concurrency
+        plus one for control calls (default 5).
+
+    Use as an async context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, settings: S3Settings, client: Any = None, *, max_workers: int = 5) -> None:
+        settings.require_bucket()
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        self.client = client or s3_client(settings, max_pool_connections=max_workers + 2)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3")
+        # Flipped off the first time the store answers If-None-Match with NotImplemented.
+        self.conditional_writes = True
+
+    async def __aenter__(self) -> ArchiveStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the thread pool (waiting for calls in flight)."""
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+
+    async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        """Run ``fn(**kwargs)`` in the pool; a transport failure becomes :class:`StoreError`."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, **kwargs))
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 {what} failed: {exc}") from None
+
+    @staticmethod
+    def _error(what: str, exc: ClientError) -> StoreError:
+        code, status = _code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        return StoreError(f"S3 {what} failed: HTTP {status} {code} {message}".rstrip())
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def archive_prefix(self, provider: str, zone: str, snapshot_id: str) -> str:
+        """Return ``{prefix}{provider}/{zone}/{snapshot_id}/``.
+
+        Raises:
+          ValueError: When a component is empty or contains ``/``.
+        """
+        parts = (
+            _component("provider", provider),
+            _component("zone", zone),
+            _component("snapshot id", snapshot_id),
+        )
+        return f"{self.prefix}{'/'.join(parts)}/"
+
+    def manifest_key(self, provider: str, zone: str, snapshot_id: str) -> str:
+        """Return the key of the archive's manifest."""
+        return self.archive_prefix(provider, zone, snapshot_id) + MANIFEST_NAME
+
+    def image_key(
+        self, provider: str, zone: str, snapshot_id: str, segment: int, segments: int
+    ) -> str:
+        """Return the key of image object ``segment`` (from 0) of ``segments``: ``image``
+        when there is one, else ``image.seg00000``, ``image.seg00001``, ..."""
+        base = self.archive_prefix(provider, zone, snapshot_id) + "image"
+        return base if segments == 1 else f"{base}.seg{segment:05d}"
+
+    # -- multipart -------------------------------------------------------------------------
+
+    async def create_upload(self, key: str, metadata: dict[str, str]) -> str:
+        """Start a multipart upload of ``key`` with user ``metadata``; return its upload id."""
+        try:
+            answer = await self._call(
+                "CreateMultipartUpload",
+                self.client.create_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                Metadata=metadata,
+                ContentType="application/octet-stream",
+            )
+        except ClientError as exc:
+            raise self._error("CreateMultipartUpload", exc) from None
+        return str(answer["UploadId"])
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes | bytearray | memoryview
+    ) -> UploadedPart:
+        """Upload part ``number`` of an upload; return its ETag and whether that is an MD5.
+
+        ``body`` is sent without a copy: bytes and bytearrays go out in one ``sendall``,
+        a memoryview (the short tail of a reused buffer) is read through :class:`ViewReader`.
+        """
+        if isinstance(body, memoryview):
+            body = ViewReader(body)  # type: ignore[assignment]
+        try:
+            answer = await self._call(
+                "UploadPart",
+                self.client.upload_part,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+            )
+        except ClientError as exc:
+            raise self._error(f"UploadPart {number}", exc) from None
+        # With SSE-KMS or SSE-C the ETag is not the MD5 of the bytes (AWS documents this).
+        encrypted = answer.get("SSECustomerAlgorithm") or str(
+            answer.get("ServerSideEncryption", "")
+        ).startswith("aws:kms")
+        etag = _unquote(answer["ETag"])
+        return UploadedPart(etag, bool(_MD5_HEX.match(etag)) and not encrypted)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[StoredPart] | None:
+        """Return the parts stored for an upload, by number; ``None`` if the upload is gone."""
+        parts: list[StoredPart] = []
+        marker = 0
+        while True:
+            try:
+                page = await self._call(
+                    "ListParts",
+                    self.client.list_parts,
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumberMarker=marker,
+                )
+            except ClientError as exc:
+                if _code(exc)[0] == "NoSuchUpload":
+                    return None
+                raise self._error("ListParts", exc) from None
+            for item in page.get("Parts", []):
+                parts.append(
+                    StoredPart(int(item["PartNumber"]), int(item["Size"]), _unquote(item["ETag"]))
+                )
+            if not page.get("IsTruncated"):
+                return sorted(parts, key=lambda part: part.number)
+            marker = int(page["NextPartNumberMarker"])
+
+    async def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> str:
+        """Complete an upload from its parts' ETags (part ``i + 1`` has ``etags[i]``) and
+        return the object's ETag. Refuses to replace an existing object.
+
+        Raises:
+          ArchiveExists: When ``key`` already exists (If-None-Match, or a HEAD where the
+            store has no conditional writes).
+        """
+        request: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "MultipartUpload": {
+                "Parts": [{"PartNumber": i + 1, "ETag": f'"{e}"'} for i, e in enumerate(etags)]
+            },
+        }
+        answer = await self._write_once("CompleteMultipartUpload", key, request)
+        return _unquote(answer["ETag"])
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload, dropping its parts; an upload already gone is fine."""
+        try:
+            await self._call(
+                "AbortMultipartUpload",
+                self.client.abort_multipart_upload,
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+            )
+        except ClientError as exc:
+            if _code(exc)[0] != "NoSuchUpload":
+                raise self._error("AbortMultipartUpload", exc) from None
+
+    async def list_open_uploads(self, prefix: str | None = None) -> list[OpenUpload]:
+        """Return the incomplete multipart uploads under ``prefix`` (default: the store's)."""
+        uploads: list[OpenUpload] = []
+        request: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self.prefix if prefix is None else prefix,
+        }
+        while True:
+            try:
+                page = await self._call(
+                    "ListMultipartUploads", self.client.list_multipart_uploads, **request
+                )
+            except ClientError as exc:
+                raise self._error("ListMultipartUploads", exc) from None
+            for item in page.get("Uploads", []):
+                uploads.append(OpenUpload(item["Key"], item["UploadId"], item.get("Initiated")))
+            if not page.get("IsTruncated"):
+                return uploads
+            request["KeyMarker"] = page["NextKeyMarker"]
+            request["UploadIdMarker"] = page["NextUploadIdMarker"]
+
+    # -- objects and manifests -------------------------------------------------------------
+
+    async def delete_object(self, key: str) -> None:
+        """Delete ``key`` (absent is fine)."""
+        try:
+            await self._call("DeleteObject", self.client.delete_object, Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise self._error("DeleteObject", exc) from None
+
+    async def exists(self, key: str) -> bool:
+        """Return whether ``key`` exists (HEAD)."""
+        try:
+            await self._call("HeadObject", self.client.head_object, Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc)[1] == 404:
+                return False
+            raise self._error("HeadObject", exc) from None
+        return True
+
+    async def put_manifest(self, manifest: Manifest) -> str:
+        """Write ``manifest`` at its key, never over an existing one; return the key.
+
+        Raises:
+          ArchiveExists: When a manifest is already there.
+        """
+        key = self.manifest_key(manifest.provider, manifest.zone, manifest.snapshot_id)
+        request = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": manifest.to_json(),
+            "ContentType": "application/json",
+            "Metadata": {"source-md5": manifest.md5},
+        }
+        await self._write_once("PutObject", key, request)
+        return key
+
+    async def read_manifest(self, key: str) -> Manifest:
+        """Return the manifest stored at ``key``.
+
+        Raises:
+          NotFound: When there is no object at ``key``.
+          StoreIntegrityError: When it is not a manifest.
+        """
+        try:
+            answer = await self._call(
+                "GetObject", self.client.get_object, Bucket=self.bucket, Key=key
+            )
+            raw = await self._call("GetObject", answer["Body"].read)
+        except ClientError as exc:
+            if _code(exc)[0] in ("NoSuchKey", "404"):
+                raise NotFound(f"no manifest at {key}", 404) from None
+            raise self._error("GetObject", exc) from None
+        return Manifest.from_json(raw, key)
+
+    def result_from_manifest(self, manifest: Manifest) -> ArchiveResult:
+        """Return the :class:`ArchiveResult` a stored ``manifest`` describes."""
+        return ArchiveResult(
+            bucket=self.bucket,
+            manifest_key=self.manifest_key(manifest.provider, manifest.zone, manifest.snapshot_id),
+            md5=manifest.md5,
+            size=manifest.size,
+            objects=list(manifest.objects),
+        )
+
+    async def find_archive(self, provider: str, zone: str, snapshot_id: str) -> Manifest | None:
+        """Return the manifest of the verified archive of a snapshot, or ``None``."""
+        try:
+            return await self.read_manifest(self.manifest_key(provider, zone, snapshot_id))
+        except NotFound:
+            return None
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Return the keys of every object under ``prefix``."""
+        keys: list[str] = []
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            try:
+                page = await self._call("ListObjectsV2", self.client.list_objects_v2, **request)
+            except ClientError as exc:
+                raise self._error("ListObjectsV2", exc) from None
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+            if not page.get("IsTruncated"):
+                return keys
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def archived_snapshots(self) -> set[tuple[str, str, str]]:
+        """Return ``(provider, zone, snapshot_id)`` of every archive with a manifest."""
+        found: set[tuple[str, str, str]] = set()
+        for key in await self.list_keys(self.prefix):
+            parts = key[len(self.prefix) :].split("/")
+            if len(parts) == 4 and parts[3] == MANIFEST_NAME:
+                found.add((parts[0], parts[1], parts[2]))
+        return found
+
+    async def _write_once(self, what: str, key: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a PutObject or CompleteMultipartUpload that must not replace ``key``.
+
+        ``If-None-Match: *`` makes the store refuse atomically (AWS, MinIO, Ceph, moto).
+        Stores without conditional writes answer NotImplemented; then a HEAD guards the
+        write instead (racy, but the lease of the job store keeps writers apart).
+        """
+        fn = (
+            self.client.put_object if what == "PutObject" else self.client.complete_multipart_upload
+        )
+        if self.conditional_writes:
+            try:
+                return await self._call(what, fn, IfNoneMatch="*", **request)
+            except ClientError as exc:
+                code, status = _code(exc)
+                if status == 412 or code == "PreconditionFailed":
+                    raise ArchiveExists(key) from None
+                if code != "NotImplemented" and status != 501:
+                    raise self._error(what, exc) from None
+                log.warning("store refuses If-None-Match; guarding writes with HEAD instead")
+                self.conditional_writes = False
+        if await self.exists(key):
+            raise ArchiveExists(key)
+        try:
+            return await self._call(what, fn, **request)
+        except ClientError as exc:
+            raise self._error(what, exc) from None

@@ -1,0 +1,64 @@
+"""``snaparchive cancel``: stop a job cleanly and abort the uploads it left open."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from worker.archive import ArchiveStore
+from worker.commands import args as types
+from worker.jobstore import RedisJobStore
+from worker.settings import load
+
+#: Seconds to wait for the transferring worker to stop before acting on its behalf.
+ACK_TIMEOUT = 30.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("snapshot_id", type=types.snapshot_id, help="the snapshot's UUID")
+    parser.add_argument("--zone", required=True, type=types.zone, help="the snapshot's zone")
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_cancel(args.zone, args.snapshot_id))
+
+
+async def _cancel(zone: str, snapshot_id: str) -> int:
+    from jobs.steps import finish_cancelled
+
+    settings = load()
+    settings.s3.require_bucket()
+    store = RedisJobStore(settings.redis_url)
+    try:
+        record = await store.get(zone, snapshot_id)
+        if record is None:
+            print(f"snaparchive: error: no job for {zone}/{snapshot_id}", file=sys.stderr)
+            return 1
+        if not record.active:
+            print(f"{zone}/{snapshot_id}: nothing to cancel, the job is {record.step}")
+            return 0 if record.step == "cancelled" else 1
+        # The flag first: a step running right now sees it at its next look.
+        await store.update(zone, snapshot_id, cancel_requested=True)
+        deadline = time.monotonic() + ACK_TIMEOUT
+        while record is not None and record.active and time.monotonic() < deadline:
+            # A worker holding the lease stops its transfer and aborts the uploads itself.
+            if await store.acquire_lease(zone, snapshot_id, "snaparchive-cancel", ACK_TIMEOUT):
+                await finish_cancelled(store, ArchiveStore(settings.s3), zone, snapshot_id)
+                await store.release_lease(zone, snapshot_id, "snaparchive-cancel")
+                break
+            await asyncio.sleep(0.5)
+            record = await store.get(zone, snapshot_id)
+        record = await store.get(zone, snapshot_id)
+        if record is not None and record.step == "cancelled":
+            print(f"{zone}/{snapshot_id}: cancelled; its multipart uploads are aborted")
+            return 0
+        print(
+            f"snaparchive: error: {zone}/{snapshot_id} did not stop within {ACK_TIMEOUT:.0f}s "
+            f"(it is {record.step if record else 'gone'})",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        await store.close()

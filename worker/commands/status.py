@@ -1,0 +1,81 @@
+"""``snaparchive status``: where archive jobs stand, from the shared job store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from worker.commands import args as types
+from worker.commands.follow import outcome_json
+from worker.jobstore import JobRecord, RedisJobStore
+from worker.settings import load
+from worker.units import format_size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("snapshot_id", nargs="?", type=types.snapshot_id, help="one snapshot")
+    parser.add_argument("--zone", type=types.zone, help="only this zone")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_status(args))
+
+
+def _progress(record: JobRecord) -> str:
+    if record.step == "done" and record.result:
+        return format_size(record.result["size"])
+    if record.bytes_total:
+        share = record.bytes_done / record.bytes_total
+        return f"{share:.1%} of {format_size(record.bytes_total)}"
+    return "-"
+
+
+def _detail(record: JobRecord) -> str:
+    if record.error:
+        return record.error
+    if record.result:
+        return f"s3://{record.result['bucket']}/{record.result['manifest']}"
+    if record.cancel_requested:
+        return "cancel requested"
+    return ""
+
+
+async def _status(args: argparse.Namespace) -> int:
+    store = RedisJobStore(load().redis_url)
+    try:
+        records = await store.list(limit=1000)
+    finally:
+        await store.close()
+    records = [
+        r
+        for r in records
+        if (args.snapshot_id is None or r.snapshot_id == args.snapshot_id)
+        and (args.zone is None or r.zone == args.zone)
+    ]
+    if args.json:
+        rows = []
+        for record in records:
+            row = outcome_json(record)
+            row.update(
+                bytes_done=record.bytes_done,
+                bytes_total=record.bytes_total,
+                updated_at=record.updated_at,
+            )
+            rows.append(row)
+        print(json.dumps(rows[0] if args.snapshot_id and rows else rows, indent=2))
+    else:
+        print(f"{'ZONE':<10} {'SNAPSHOT':<36} {'STEP':<15} {'PROGRESS':<22} {'AGE':>6}  DETAIL")
+        for r in records:
+            age = f"{(time.time() - r.updated_at) / 60:.0f}m"
+            print(
+                f"{r.zone:<10} {r.snapshot_id:<36} {r.step:<15} {_progress(r):<22} {age:>6}  "
+                f"{_detail(r)}"
+            )
+    if args.snapshot_id and not records:
+        print(f"snaparchive: error: no job for snapshot {args.snapshot_id}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,162 @@
+"""The errors snaparchive raises, named for what went wrong.
+
+Every error carries ``permanent``: a permanent error ends a job as failed,
+a transient one is retried with backoff. Messages never contain credentials
+or presigned URLs.
+"""
+
+from __future__ import annotations
+
+
+class SnaparchiveError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    permanent = True
+
+
+class ConfigError(SnaparchiveError):
+    """A setting is missing or malformed (the message names the variable)."""
+
+
+# -- cloud APIs (Exoscale, Genesis Cloud, Gcore, InstaVM) ----------------------------------
+
+
+class ApiError(SnaparchiveError):
+    """A call to a cloud API failed.
+
+    Parameters:
+      message: The server's message, or a description of the failure.
+      status: The HTTP status, when there was a response.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class NotFound(ApiError):
+    """HTTP 404: the snapshot, operation or other resource does not exist."""
+
+
+class AuthError(ApiError):
+    """HTTP 401/403: bad credentials, bad or expired signature, or forbidden."""
+
+
+class Conflict(ApiError):
+    """HTTP 409: the resource is busy with another operation."""
+
+    permanent = False
+
+
+class RateLimited(ApiError):
+    """HTTP 429 after all retries.
+
+    Parameters:
+      retry_after: Seconds the server asked us to wait, if it said.
+    """
+
+    permanent = False
+
+    def __init__(self, message: str, status: int | None = 429, retry_after: float | None = None):
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class ServerError(ApiError):
+    """HTTP 5xx, a connection failure or a timeout, after all retries."""
+
+    permanent = False
+
+
+class BadRequest(ApiError):
+    """Any other HTTP 4xx: the request itself is wrong."""
+
+
+class BadResponse(ApiError):
+    """The server answered something that is not the documented shape."""
+
+    permanent = False
+
+
+class OperationFailed(ApiError):
+    """An asynchronous operation ended in ``failure`` or ``timeout``.
+
+    Parameters:
+      operation_id: The operation's id.
+      state: ``failure`` or ``timeout``.
+      reason: The operation's ``reason`` (``busy``, ``conflict``, ``fault``, ...), if any.
+    """
+
+    def __init__(self, operation_id: str, state: str, reason: str | None, message: str = ""):
+        detail = f"operation {operation_id} ended in {state}"
+        if reason:
+            detail += f" (reason: {reason})"
+        if message:
+            detail += f": {message}"
+        super().__init__(detail)
+        self.operation_id = operation_id
+        self.state = state
+        self.reason = reason
+
+
+class SnapshotNotExportable(ApiError):
+    """The snapshot is in a state an export cannot start from (deleted, error, ...)."""
+
+
+class OperationTimeout(ApiError):
+    """Our own deadline for an operation passed while it was still pending."""
+
+
+# -- transfer and archive -------------------------------------------------------------------
+
+
+class TransferError(SnaparchiveError):
+    """Moving the image from the export to the archive failed."""
+
+
+class ChecksumMismatch(TransferError):
+    """The streamed bytes do not hash to the published MD5."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"md5 mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class ShortRead(TransferError):
+    """The download ended before Content-Length bytes arrived, and resuming failed."""
+
+    permanent = False
+
+
+class DownloadRefused(TransferError):
+    """The presigned URL points at a host or scheme we do not download from."""
+
+
+class StoreIntegrityError(TransferError):
+    """The archive store holds bytes other than the ones we sent (ETag mismatch)."""
+
+
+class ArchiveExists(TransferError):
+    """A verified archive of this snapshot is already stored; it is not overwritten."""
+
+    def __init__(self, manifest_key: str) -> None:
+        super().__init__(f"a verified archive already exists: {manifest_key}")
+        self.manifest_key = manifest_key
+
+
+class StoreError(TransferError):
+    """The archive store failed after all retries."""
+
+    permanent = False
+
+
+class Cancelled(SnaparchiveError):
+    """The job was cancelled by an operator."""
+
+
+class LeaseLost(SnaparchiveError):
+    """Another worker holds the lease of this archive job."""
+
+    permanent = False

@@ -1,0 +1,179 @@
+"""The async client of the Exoscale API v2 calls snaparchive makes.
+
+Every request is signed with EXO2-HMAC-SHA256 (re-signed on each retry), sent
+through :class:`~worker.http.JsonApi` (timeouts, retries of 429/5xx/resets with
+``Retry-After`` honoured, typed errors) and decoded into :mod:`worker.models`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from worker import signing
+from worker.errors import BadResponse, OperationFailed, OperationTimeout
+from worker.http import DEFAULT_TIMEOUT, JsonApi
+from worker.models import Instance, Operation, Snapshot, Template, TemplateSpec, Zone
+from worker.polling import poll_interval
+from worker.retry import RetryPolicy
+from worker.settings import ExoscaleSettings
+
+#: The zone whose endpoint answers zone-less calls such as list-zones.
+DEFAULT_ZONE = "ch-gva-2"
+
+
+@dataclass(frozen=True)
+class OperationCheck:
+    """One look at an operation: the operation, and when to look again if it is still pending."""
+
+    operation: Operation
+    next_check_in: float | None
+
+
+class ExoscaleClient:
+    """Calls the Exoscale API v2 of any zone.
+
+    Parameters:
+      settings: Endpoint template and credentials (``EXOSCALE_API_*``).
+      retry: Retry policy for 429, 5xx and connection failures (default :class:`RetryPolicy`).
+      timeout: Per-request timeouts (default: 10 s to connect, 60 s in all).
+      session: An aiohttp session to share; by default the client makes and closes its own.
+    """
+
+    def __init__(
+        self,
+        settings: ExoscaleSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        settings.require_credentials()
+        self.settings = settings
+        self.api = JsonApi("exoscale", retry=retry, timeout=timeout, session=session)
+
+    async def __aenter__(self) -> ExoscaleClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    def _sign(self, method: str, url: URL, body: bytes) -> Mapping[str, str]:
+        query = [(name, value) for name, value in url.query.items()]
+        header = signing.authorization(
+            self.settings.key, self.settings.secret, method, url.raw_path, body, query
+        )
+        return {"Authorization": header}
+
+    async def _call(self, method: str, zone: str, path: str, body: Any = None) -> Any:
+        url = self.settings.url(zone) + path
+        return await self.api.request_json(method, url, json_body=body, sign=self._sign)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    async def list_snapshots(self, zone: str) -> list[Snapshot]:
+        """Return every snapshot of ``zone``."""
+        data = await self._call("GET", zone, "/snapshot")
+        items = data.get("snapshots") if isinstance(data, dict) else None
+        if items is None and isinstance(data, dict):
+            items = []  # the API leaves the key out when there are none
+        if not isinstance(items, list):
+            raise BadResponse("exoscale: list-snapshots did not return a snapshots list")
+        return [Snapshot.from_api(item) for item in items]
+
+    async def get_snapshot(self, zone: str, snapshot_id: str) -> Snapshot:
+        """Return one snapshot; its ``export`` holds a fresh presigned URL once exported."""
+        return Snapshot.from_api(await self._call("GET", zone, f"/snapshot/{snapshot_id}"))
+
+    async def export_snapshot(self, zone: str, snapshot_id: str) -> Operation:
+        """Start exporting a snapshot to a downloadable file; returns the operation."""
+        return Operation.from_api(await self._call("POST", zone, f"/snapshot/{snapshot_id}:export"))
+
+    async def delete_snapshot(self, zone: str, snapshot_id: str) -> Operation:
+        """Delete a snapshot; returns the operation."""
+        return Operation.from_api(await self._call("DELETE", zone, f"/snapshot/{snapshot_id}"))
+
+    async def create_snapshot(self, zone: str, instance_id: str) -> Operation:
+        """Snapshot an instance's disk; the operation's reference is the new snapshot."""
+        path = f"/instance/{instance_id}:create-snapshot"
+        return Operation.from_api(await self._call("POST", zone, path))
+
+    # -- instances, templates, zones ------------------------------------------------------
+
+    async def get_instance(self, zone: str, instance_id: str) -> Instance:
+        return Instance.from_api(await self._call("GET", zone, f"/instance/{instance_id}"))
+
+    async def get_template(self, zone: str, template_id: str) -> Template:
+        return Template.from_api(await self._call("GET", zone, f"/template/{template_id}"))
+
+    async def register_template(self, zone: str, spec: TemplateSpec) -> Operation:
+        """Register a template from an image URL; the operation's reference is the template."""
+        return Operation.from_api(await self._call("POST", zone, "/template", spec.to_api()))
+
+    async def list_zones(self) -> list[Zone]:
+        data = await self._call("GET", DEFAULT_ZONE, "/zone")
+        items = data.get("zones") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise BadResponse("exoscale: list-zones did not return a zones list")
+        return [Zone.from_api(item) for item in items]
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def get_operation(self, zone: str, operation_id: str) -> Operation:
+        return Operation.from_api(await self._call("GET", zone, f"/operation/{operation_id}"))
+
+    async def check_operation(self, zone: str, operation_id: str, elapsed: float) -> OperationCheck:
+        """Look at an operation once.
+
+        Parameters:
+          zone: The operation's zone.
+          operation_id: Its id.
+          elapsed: Seconds since the wait began; sets the next interval on the official schedule.
+
+        Returns:
+          The operation, with ``next_check_in`` seconds when it is still pending, else ``None``.
+
+        Raises:
+          OperationFailed: When it ended in ``failure`` or ``timeout`` (with the ``reason``).
+        """
+        operation = await self.get_operation(zone, operation_id)
+        if operation.state in ("failure", "timeout"):
+            raise OperationFailed(
+                operation.id, operation.state, operation.reason, operation.message or ""
+            )
+        pending = operation.state == "pending"
+        return OperationCheck(operation, poll_interval(elapsed) if pending else None)
+
+    async def wait_operation(
+        self, zone: str, operation_id: str, *, timeout: float = 3600.0
+    ) -> Operation:
+        """Poll an operation on the official schedule until it succeeds.
+
+        Parameters:
+          zone, operation_id: The operation.
+          timeout: Seconds to wait at most (default one hour).
+
+        Raises:
+          OperationFailed: It ended in ``failure`` or ``timeout``.
+          OperationTimeout: It was still pending after ``timeout`` seconds.
+        """
+        started = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - started
+            check = await self.check_operation(zone, operation_id, elapsed)
+            if check.next_check_in is None:
+                return check.operation
+            if elapsed + check.next_check_in > timeout:
+                raise OperationTimeout(
+                    f"exoscale: operation {operation_id} still pending after {elapsed:.0f}s"
+                )
+            await asyncio.sleep(check.next_check_in)

@@ -1,0 +1,199 @@
+"""Configuration from the environment, read once into frozen dataclasses.
+
+Each section names the variables it reads; :func:`load` reads them all. A
+malformed value raises :class:`~worker.errors.ConfigError` naming the variable.
+Credentials stay in these objects and never travel in job messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from worker.errors import ConfigError
+from worker.units import MiB, TiB, parse_size
+
+#: Zones of the Exoscale API, as the official OpenAPI spec lists them.
+EXOSCALE_ZONES = (
+    "at-vie-1",
+    "at-vie-2",
+    "bg-sof-1",
+    "ch-dk-2",
+    "ch-gva-2",
+    "de-fra-1",
+    "de-muc-1",
+    "hr-zag-1",
+)
+DEFAULT_ENDPOINT = "https://api-{zone}.exoscale.com/v2"
+
+
+def _size(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return parse_size(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: not a whole number: {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name}: must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ExoscaleSettings:
+    """Exoscale API access.
+
+    Variables: ``EXOSCALE_API_KEY``, ``EXOSCALE_API_SECRET`` (required to call the API),
+    ``EXOSCALE_API_ENDPOINT`` (default ``https://api-{zone}.exoscale.com/v2``; ``{zone}``
+    is replaced by the zone of each call).
+    """
+
+    key: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    endpoint: str = DEFAULT_ENDPOINT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ExoscaleSettings:
+        return cls(
+            key=env.get("EXOSCALE_API_KEY", ""),
+            secret=env.get("EXOSCALE_API_SECRET", ""),
+            endpoint=env.get("EXOSCALE_API_ENDPOINT") or DEFAULT_ENDPOINT,
+        )
+
+    def require_credentials(self) -> None:
+        """Raise :class:`ConfigError` naming the first missing credential variable."""
+        for name, value in (("EXOSCALE_API_KEY", self.key), ("EXOSCALE_API_SECRET", self.secret)):
+            if not value:
+                raise ConfigError(f"{name} is not set")
+
+    def url(self, zone: str) -> str:
+        """Return the API base URL (ending in ``/v2``) for ``zone``."""
+        return self.endpoint.replace("{zone}", zone).rstrip("/")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """The S3-compatible archive store.
+
+    Variables: ``SNAPARCHIVE_S3_ENDPOINT`` (default: AWS), ``SNAPARCHIVE_S3_BUCKET`` (required),
+    ``SNAPARCHIVE_S3_PREFIX`` (default ``snaparchive/``), ``SNAPARCHIVE_S3_REGION`` (default
+    ``us-east-1``), ``SNAPARCHIVE_S3_ADDRESSING_STYLE`` (``path`` default, ``virtual`` or
+    ``auto``). Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``, ...).
+    """
+
+    endpoint: str | None = None
+    bucket: str = ""
+    prefix: str = "snaparchive/"
+    region: str = "us-east-1"
+    addressing_style: str = "path"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        style = env.get("SNAPARCHIVE_S3_ADDRESSING_STYLE") or "path"
+        if style not in ("path", "virtual", "auto"):
+            raise ConfigError(
+                f"SNAPARCHIVE_S3_ADDRESSING_STYLE: path, virtual or auto, not {style!r}"
+            )
+        prefix = env.get("SNAPARCHIVE_S3_PREFIX", "snaparchive/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return cls(
+            endpoint=env.get("SNAPARCHIVE_S3_ENDPOINT") or None,
+            bucket=env.get("SNAPARCHIVE_S3_BUCKET", ""),
+            prefix=prefix,
+            region=env.get("SNAPARCHIVE_S3_REGION") or "us-east-1",
+            addressing_style=style,
+        )
+
+    def require_bucket(self) -> None:
+        """Raise :class:`ConfigError` when ``SNAPARCHIVE_S3_BUCKET`` is not set."""
+        if not self.bucket:
+            raise ConfigError("SNAPARCHIVE_S3_BUCKET is not set")
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """How the image moves from the presigned URL to the store.
+
+    Variables: ``SNAPARCHIVE_SEGMENT_LIMIT`` (largest archive object, default ``1TiB``),
+    ``SNAPARCHIVE_PART_SIZE`` (default: derived from the image size),
+    ``SNAPARCHIVE_UPLOAD_CONCURRENCY`` (parts uploading at once, default 4),
+    ``SNAPARCHIVE_MEMORY_LIMIT`` (bytes of part buffers at most, default ``256MiB``),
+    ``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` (comma-separated host patterns, default ``*.exo.io``).
+    """
+
+    segment_limit: int = TiB
+    part_size: int | None = None
+    upload_concurrency: int = 4
+    memory_limit: int = 256 * MiB
+    allowed_download_hosts: tuple[str, ...] = ("*.exo.io",)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TransferSettings:
+        hosts = env.get("SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS") or "*.exo.io"
+        part = env.get("SNAPARCHIVE_PART_SIZE")
+        return cls(
+            segment_limit=_size(env, "SNAPARCHIVE_SEGMENT_LIMIT", TiB),
+            part_size=_size(env, "SNAPARCHIVE_PART_SIZE", 0) if part else None,
+            upload_concurrency=_int(env, "SNAPARCHIVE_UPLOAD_CONCURRENCY", 4),
+            memory_limit=_size(env, "SNAPARCHIVE_MEMORY_LIMIT", 256 * MiB),
+            allowed_download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything snaparchive reads from the environment.
+
+    Variables of its own: ``SNAPARCHIVE_BROKER_URL`` (``redis://...`` default
+    ``redis://127.0.0.1:6379/0``, or ``amqp://...``), ``SNAPARCHIVE_REDIS_URL`` (the job
+    store; default: the broker URL when it is Redis, else ``redis://127.0.0.1:6379/0``),
+    ``SNAPARCHIVE_EXPORT_TIMEOUT`` (seconds to wait for an export, default 21600),
+    ``SNAPARCHIVE_LEASE_TTL`` (seconds a silent worker keeps its transfer lease, default 60),
+    ``SNAPARCHIVE_TRANSFER_SLICE`` (seconds one transfer message runs before it checkpoints and
+    hands over to a fresh message, default 1200: below RabbitMQ's 30 min consumer_timeout),
+    ``SNAPARCHIVE_HEARTBEAT_TIMEOUT`` (seconds after which a silent Redis-broker worker counts
+    as dead and its messages go back to the queue, default 60).
+    """
+
+    exoscale: ExoscaleSettings = field(default_factory=ExoscaleSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    export_timeout: int = 6 * 3600
+    lease_ttl: int = 60
+    transfer_slice: int = 1200
+    heartbeat_timeout: int = 60
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read :class:`Settings` from ``env`` (default: ``os.environ``)."""
+    env = os.environ if env is None else env
+    broker_url = env.get("SNAPARCHIVE_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    if not broker_url.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
+        raise ConfigError("SNAPARCHIVE_BROKER_URL: expected redis://... or amqp://...")
+    default_store = broker_url if broker_url.startswith("redis") else "redis://127.0.0.1:6379/0"
+    return Settings(
+        exoscale=ExoscaleSettings.from_env(env),
+        s3=S3Settings.from_env(env),
+        transfer=TransferSettings.from_env(env),
+        broker_url=broker_url,
+        redis_url=env.get("SNAPARCHIVE_REDIS_URL") or default_store,
+        export_timeout=_int(env, "SNAPARCHIVE_EXPORT_TIMEOUT", 6 * 3600),
+        lease_ttl=_int(env, "SNAPARCHIVE_LEASE_TTL", 60),
+        transfer_slice=_int(env, "SNAPARCHIVE_TRANSFER_SLICE", 1200),
+        heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", 60),
+    )

@@ -1,0 +1,272 @@
+"""The :class:`Simulator`: a simulated Exoscale account served over HTTP.
+
+The server runs an aiohttp application on its own event loop in a background thread, so a
+test (or the ``simulate`` command) keeps its thread; every method of :class:`Simulator` may be
+called from any thread while it runs. Access logs show method, path and status only: never a
+query string (presigned URL signatures) nor a header (API signatures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from worker.settings import ExoscaleSettings
+from worker.simulator.api import ExoscaleApi
+from worker.simulator.control import Control
+from worker.simulator.download import Downloads
+from worker.simulator.faults import Faults
+from worker.simulator.state import SimState
+
+logger = logging.getLogger("worker.simulator")
+
+#: Default seconds an export (or any operation) stays pending.
+EXPORT_SECONDS = 2.0
+#: Default lifetime of presigned URLs, in seconds.
+URL_TTL = 3600.0
+
+
+class RedactedAccessLogger(AbstractAccessLogger):
+    """Logs requests without query strings, so presigned URL signatures stay out of logs."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s %s bytes %.3fs",
+            request.method,
+            request.path,
+            response.status,
+            response.body_length,
+            time,
+        )
+
+
+class _ServerThread:
+    """An aiohttp application served from an event loop in a daemon thread."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="exoscale-simulator", daemon=True)
+        self.port = 0
+
+    def start(self) -> None:
+        """Start serving; return once the socket is bound (or raise why it could not be)."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+
+    def _run(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        # A short shutdown timeout: a test that leaves a (slow) download open must not make
+        # stopping wait for it.
+        runner = web.AppRunner(
+            self._app,
+            access_log=logger,
+            access_log_class=RedactedAccessLogger,
+            shutdown_timeout=0.5,
+        )
+        try:
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self._host, self._port)
+            loop.run_until_complete(site.start())
+            self.port = runner.addresses[0][1]
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+
+class Simulator:
+    """A simulated Exoscale account: API v2 for every zone, and the exported files.
+
+    Parameters:
+      key: The API key clients sign with.
+      secret: Its secret.
+      seed: Seeds disk contents and derived ids (default 0); the same seed, snapshot id and
+        size always give the same file.
+      export_seconds: How long operations stay pending at least (default 2 s; 0 finishes
+        them as soon as the export's MD5 is computed).
+      url_ttl: Lifetime of presigned URLs in seconds (default 3600; faults may override it).
+      clock: Returns the current UNIX time (default ``time.time``); tests pass their own to
+        expire URLs and signatures without waiting.
+    """
+
+    def __init__(
+        self,
+        *,
+        key: str,
+        secret: str,
+        seed: int = 0,
+        export_seconds: float = EXPORT_SECONDS,
+        url_ttl: float = URL_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not key or not secret:
+            raise ValueError("the simulator needs an API key and a secret")
+        self.key = key
+        self.secret = secret
+        self.seed = seed
+        self._state = SimState(seed, export_seconds, url_ttl, clock)
+        self._server: _ServerThread | None = None
+        self._authority: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Simulator key={self.key} secret=***masked*** url={self._authority}>"
+
+    def add_snapshot(
+        self,
+        snapshot_id: str,
+        image_size: int,
+        zone: str = "ch-gva-2",
+        state: str = "ready",
+        name: str | None = None,
+        size_gib: int | None = None,
+        instance_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a snapshot and return its API body, as get-snapshot answers it.
+
+        An exported snapshot's body has a presigned URL only while the simulator runs.
+
+        Parameters:
+          snapshot_id: A UUID.
+          image_size: Bytes of the exported file.
+          zone: One of ``worker.settings.EXOSCALE_ZONES`` (default ``ch-gva-2``).
+          state: ``ready`` (default), ``exported`` (the MD5 is computed now, in this thread),
+            ``snapshotting`` or ``error``.
+          name: Snapshot name (default: derived from the instance's).
+          size_gib: Reported size in GiB, 10..51200 (default ``max(10, ceil(image_size/GiB))``).
+          instance_id: The instance it is a snapshot of (default: one derived from the id).
+
+        Raises:
+          ValueError: On a malformed id, a bad size, zone or state, or a duplicate id.
+        """
+        record = self._state.add_snapshot(
+            snapshot_id, image_size, zone, state, name, size_gib, instance_id
+        )
+        body = self._state.get_snapshot(record.zone, record.id, self._authority or "")
+        if self._authority is None:
+            body.get("export", {}).pop("presigned-url", None)
+        return body
+
+    def set_faults(self, faults: Faults | None, snapshot_id: str | None = None) -> None:
+        """Set the faults (None clears them) globally or, with ``snapshot_id``, for one snapshot.
+
+        A snapshot's own faults replace the global ones for it; setting faults resets their
+        counters. See :mod:`worker.simulator.faults` for what each fault does.
+        """
+        self._state.set_faults(faults, snapshot_id)
+
+    @contextmanager
+    def running(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[Simulator]:
+        """Serve over HTTP for the duration of the ``with`` block.
+
+        Parameters:
+          host: Interface to bind (default ``127.0.0.1``).
+          port: Port to bind (default 0: a free one; see :attr:`endpoint`).
+
+        Raises:
+          OSError: When the address cannot be bound.
+          RuntimeError: When already running.
+        """
+        if self._server is not None:
+            raise RuntimeError("the simulator is already running")
+        app = web.Application()
+        ExoscaleApi(self._state, {self.key: self.secret}).add_routes(app)
+        Downloads(self._state).add_routes(app)
+        Control(self._state).add_routes(app)
+        server = _ServerThread(app, host, port)
+        server.start()
+        self._server = server
+        reachable = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        if ":" in reachable:
+            reachable = f"[{reachable}]"
+        self._authority = f"http://{reachable}:{server.port}"
+        try:
+            yield self
+        finally:
+            server.stop()
+            self._server = None
+            self._authority = None
+
+    @property
+    def url(self) -> str:
+        """Scheme and authority of the running server, like ``http://127.0.0.1:41234``."""
+        if self._authority is None:
+            raise RuntimeError("the simulator is not running")
+        return self._authority
+
+    @property
+    def endpoint(self) -> str:
+        """The API endpoint, ``http://HOST:PORT/{zone}/v2`` with a literal ``{zone}``."""
+        return f"{self.url}/{{zone}}/v2"
+
+    @property
+    def host(self) -> str:
+        """The host presigned URLs point at (for ``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS``)."""
+        return self.url.split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+
+    def settings(self) -> ExoscaleSettings:
+        """Return Exoscale settings that point a client at this simulator."""
+        return ExoscaleSettings(key=self.key, secret=self.secret, endpoint=self.endpoint)
+
+    def env(self) -> dict[str, str]:
+        """Return the environment variables that point snaparchive at this simulator."""
+        return {
+            "EXOSCALE_API_ENDPOINT": self.endpoint,
+            "EXOSCALE_API_KEY": self.key,
+            "EXOSCALE_API_SECRET": self.secret,
+            "SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS": self.host,
+        }
+
+    def image_md5(self, snapshot_id: str) -> str:
+        """Return the MD5 hex of a snapshot's file (the true one, whatever the faults).
+
+        Computes it in this thread if not yet known. Raises KeyError for an unknown id.
+        """
+        return self._state.snapshot_record(snapshot_id).image.compute_md5()
+
+    def open_image(self, snapshot_id: str) -> io.BufferedReader:
+        """Return a seekable binary file of a snapshot's file bytes (uncorrupted).
+
+        Raises KeyError for an unknown id.
+        """
+        return self._state.snapshot_record(snapshot_id).image.open()
+
+    def bytes_served(self, snapshot_id: str) -> int:
+        """Return the body bytes of presigned downloads of a snapshot written so far.
+
+        Counted as handed to the connection; a reset may lose some of them on the way.
+        Raises KeyError for an unknown id.
+        """
+        record = self._state.snapshot_record(snapshot_id)
+        with self._state.lock:
+            return record.served

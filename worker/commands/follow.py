@@ -11,8 +11,8 @@ from worker.jobstore import JobRecord, JobStore
 from worker.progress import ProgressDisplay
 from worker.units import format_size
 
+# "queued" has no note: ``archive`` says so itself when it queues the job.
 STEP_NOTES = {
-    "queued": "queued",
     "exporting": "starting the export",
     "awaiting-export": "waiting for Exoscale to export the snapshot",
     "transferring": "streaming, verifying and archiving",

@@ -14,7 +14,7 @@ reopened with ``Range: bytes=OFFSET-`` pinned by ``If-Range`` to the first
 response's ETag (or Last-Modified), so the stream continues where it stopped
 and a changed file is detected instead of spliced. A 401/403 (expired URL) asks
 the source for a fresh URL and continues. 5xx and 429 answers are retried.
-Consecutive failures without progress are bounded by :class:`RetryPolicy`.
+Consecutive failures without progress are bounded by :class:`DownloadRetry`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import aiohttp
 import yarl
 
 from worker.errors import AuthError, DownloadRefused, NotFound, ShortRead, TransferError
+from worker.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +80,23 @@ def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
     return host
 
 
+DOWNLOAD_BACKOFF = RetryPolicy(attempts=12, base=0.5, cap=30.0)
+
+
 @dataclass(frozen=True)
-class RetryPolicy:
+class DownloadRetry:
     """How long to keep trying when the download keeps failing without progress.
 
     Parameters:
-      attempts: Consecutive failed attempts (without a byte of progress) before giving
-        up; default 12 (about 3.5 minutes of waiting with the default delays).
-      initial_delay: Seconds before the first retry, doubled each time; default 0.5.
-      max_delay: Longest wait between attempts, in seconds; default 30.
+      backoff: Consecutive failed attempts (without a byte of progress) and the waits
+        between them; default 12 attempts from 0.5 s doubling up to 30 s (about 3.5
+        minutes of waiting in all).
       url_refreshes: Fresh URLs to try in a row while the server keeps answering
         401/403; default 3.
     """
 
-    attempts: int = 12
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
+    backoff: RetryPolicy = DOWNLOAD_BACKOFF
     url_refreshes: int = 3
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` consecutive failures (from 1)."""
-        return min(self.max_delay, self.initial_delay * 2 ** (failures - 1))
 
 
 class Download:
@@ -113,7 +110,7 @@ class Download:
       offset: First byte to read; default 0.
       total: The file size when known (a resumed transfer); checked against the server.
       validator: ETag or Last-Modified seen earlier, to pin ``If-Range`` on.
-      retry: Bounds on retries; default :class:`RetryPolicy()`.
+      retry: Bounds on retries; default :class:`DownloadRetry()`.
       on_bytes: Called with the new offset after every chunk (cheap progress).
     """
 
@@ -127,7 +124,7 @@ class Download:
         offset: int = 0,
         total: int | None = None,
         validator: str | None = None,
-        retry: RetryPolicy | None = None,
+        retry: DownloadRetry | None = None,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self._session = session
@@ -138,7 +135,7 @@ class Download:
         self.offset = offset
         self.total = total
         self.validator = validator
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or DownloadRetry()
         self._on_bytes = on_bytes
         self._response: aiohttp.ClientResponse | None = None
         # Received bytes from :attr:`offset` on, not yet handed out (the rest of a chunk).
@@ -217,12 +214,12 @@ class Download:
         self._drop()
         self._failures += 1
         where = f"at byte {self.offset}" + (f" of {self.total}" if self.total else "")
-        if self._failures >= self._retry.attempts:
+        if self._failures >= self._retry.backoff.attempts:
             raise ShortRead(
                 f"download from {self._host} failed {where} after "
                 f"{self._failures} attempts: {reason}"
             )
-        delay = self._retry.delay(self._failures)
+        delay = self._retry.backoff.delay(self._failures)
         log.warning("download from %s %s: %s; retrying in %.1fs", self._host, where, reason, delay)
         await asyncio.sleep(delay)
 

@@ -50,7 +50,7 @@ import aiohttp
 
 import worker
 from worker.archive import ArchivedObject, ArchiveResult, ArchiveStore, Manifest
-from worker.download import Download, RetryPolicy, check_download_url
+from worker.download import Download, DownloadRetry, check_download_url
 from worker.errors import (
     ArchiveExists,
     ChecksumMismatch,
@@ -226,7 +226,7 @@ async def archive_export(
     on_checkpoint: Callable[[Checkpoint], Awaitable[None]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     stop: asyncio.Event | None = None,
-    retry: RetryPolicy | None = None,
+    retry: DownloadRetry | None = None,
 ) -> ArchiveResult:
     """Stream the export into a verified archive and return where it is.
 
@@ -240,7 +240,7 @@ async def archive_export(
       on_checkpoint: Awaited after each part that extends the stored prefix.
       on_progress: Called with ``(bytes_downloaded, total)`` after every chunk; keep it cheap.
       stop: When set, the transfer ends at a part boundary and raises :class:`TransferStopped`.
-      retry: Download retry bounds; default :class:`~worker.download.RetryPolicy()`.
+      retry: Download retry bounds; default :class:`~worker.download.DownloadRetry()`.
 
     Raises:
       ArchiveExists: A verified archive of the snapshot is stored already.
@@ -259,7 +259,7 @@ async def archive_export(
     # The transfer moves its own copy: the caller's checkpoint stays as it was saved.
     saved = Checkpoint.from_dict(checkpoint.to_dict()) if checkpoint else None
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
-        return await transfer.run(session, saved, retry or RetryPolicy())
+        return await transfer.run(session, saved, retry or DownloadRetry())
 
 
 class _Stopped(Exception):
@@ -308,7 +308,7 @@ class _Transfer:
     # -- the whole run ---------------------------------------------------------------------
 
     async def run(
-        self, session: aiohttp.ClientSession, saved: Checkpoint | None, retry: RetryPolicy
+        self, session: aiohttp.ClientSession, saved: Checkpoint | None, retry: DownloadRetry
     ) -> ArchiveResult:
         try:
             if saved is not None and not await self._adopt(saved):
@@ -331,7 +331,7 @@ class _Transfer:
             self.check_pool.shutdown(wait=False)
 
     async def _transfer(
-        self, session: aiohttp.ClientSession, saved: Checkpoint | None, retry: RetryPolicy
+        self, session: aiohttp.ClientSession, saved: Checkpoint | None, retry: DownloadRetry
     ) -> ArchiveResult:
         md5, start = self._restore_md5(saved) if saved else (new_md5(), 0)
         if saved is not None and start == saved.plan.total:

@@ -12,15 +12,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from worker.download import Download, RetryPolicy
+from worker.download import Download, DownloadRetry
 from worker.errors import AuthError, DownloadRefused, TransferError
+from worker.retry import RetryPolicy
 from worker.transfer import ExportSource, archive_export
 from worker.units import MiB
 
 pytestmark = pytest.mark.integration
 
 DATA = bytes(range(256)) * (6 * MiB // 256) + b"tail"
-FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01, url_refreshes=2)
+FAST_RETRY = DownloadRetry(RetryPolicy(attempts=3, base=0.01), url_refreshes=2)
 
 
 class Origin:

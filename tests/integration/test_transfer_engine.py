@@ -9,9 +9,10 @@ import pytest
 
 from tests.fixtures.simulator import SIMULATOR_KEY, SIMULATOR_SECRET, ManualClock
 from tests.fixtures.transfer import Exports
-from worker.download import RetryPolicy
+from worker.download import DownloadRetry
 from worker.errors import ArchiveExists, ChecksumMismatch, ShortRead
 from worker.exoscale import ExoscaleClient
+from worker.retry import RetryPolicy
 from worker.simulator import Faults, Simulator
 from worker.transfer import archive_export, multipart_etag
 from worker.units import MiB
@@ -75,7 +76,7 @@ async def test_an_archive_is_never_overwritten(exported, archive_store, small_tr
         await archive_export(source, archive_store, small_transfer)
 
 
-FAST_RETRY = RetryPolicy(attempts=3, initial_delay=0.01)
+FAST_RETRY = DownloadRetry(RetryPolicy(attempts=3, base=0.01))
 
 
 @pytest.mark.parametrize(

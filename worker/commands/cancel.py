@@ -9,7 +9,7 @@ import time
 
 from worker.archive import ArchiveStore
 from worker.commands import args as types
-from worker.jobstore import RedisJobStore
+from worker.jobstore import JobRecord, RedisJobStore
 from worker.settings import load
 
 #: Seconds to wait for the transferring worker to stop before acting on its behalf.
@@ -18,24 +18,38 @@ ACK_TIMEOUT = 30.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("snapshot_id", type=types.snapshot_id, help="the snapshot's UUID")
-    parser.add_argument("--zone", required=True, type=types.zone, help="the snapshot's zone")
+    parser.add_argument(
+        "--zone", type=types.zone, help="the snapshot's zone (default: the zone of its job)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     return asyncio.run(_cancel(args.zone, args.snapshot_id))
 
 
-async def _cancel(zone: str, snapshot_id: str) -> int:
+async def _find(store: RedisJobStore, zone: str | None, snapshot_id: str) -> JobRecord | None:
+    """The job of ``snapshot_id`` in ``zone``, or in whichever zone it runs when not given."""
+    if zone is not None:
+        return await store.get(zone, snapshot_id)
+    jobs = [r for r in await store.list(limit=10_000) if r.snapshot_id == snapshot_id]
+    # Snapshot ids are UUIDs, unique across zones; prefer the running job if ever two exist.
+    jobs.sort(key=lambda r: (r.active, r.updated_at), reverse=True)
+    return jobs[0] if jobs else None
+
+
+async def _cancel(zone: str | None, snapshot_id: str) -> int:
     from jobs.steps import finish_cancelled
 
     settings = load()
     settings.s3.require_bucket()
     store = RedisJobStore(settings.redis_url)
     try:
-        record = await store.get(zone, snapshot_id)
+        record = await _find(store, zone, snapshot_id)
         if record is None:
-            print(f"snaparchive: error: no job for {zone}/{snapshot_id}", file=sys.stderr)
+            where = f"{zone}/{snapshot_id}" if zone else f"snapshot {snapshot_id}"
+            print(f"snaparchive: error: no job for {where}", file=sys.stderr)
             return 1
+        zone = record.zone
         if not record.active:
             print(f"{zone}/{snapshot_id}: nothing to cancel, the job is {record.step}")
             return 0 if record.step == "cancelled" else 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     # moto accepts any credentials; boto3 only needs some.
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+    # moto's server logs every request through werkzeug; the progress bar says enough.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     s3_server.start()
     host, port = s3_server.get_host_and_port()

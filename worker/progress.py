@@ -52,19 +52,25 @@ class ProgressDisplay:
             self.stream.flush()
             self._drawn = False
 
-    def _rate(self) -> float:
+    def _rate(self) -> float | None:
+        """Bytes per second over the last 10 s; None until two samples tell."""
         (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
 
     def _format(self, done: int, total: int | None) -> str:
         rate = self._rate()
+        rate_text = f"{format_size(rate)}/s" if rate is not None else "-- B/s"
         if not total:
-            return f"{format_size(done)} at {format_size(rate)}/s"
+            return f"{format_size(done)} at {rate_text}"
         fraction = min(done / total, 1.0)
         bar = "#" * int(fraction * 30)
-        eta = (total - done) / rate if rate > 0 else None
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta is not None else "--:--:--"
+        if done >= total:
+            eta_text = "committing"
+        elif rate:
+            eta_text = "ETA " + time.strftime("%H:%M:%S", time.gmtime((total - done) / rate))
+        else:
+            eta_text = "ETA --:--:--"
         return (
             f"[{bar:<30}] {fraction:6.1%} {format_size(done)} / {format_size(total)} "
-            f"{format_size(rate)}/s ETA {eta_text}"
+            f"{rate_text} {eta_text}"
         )

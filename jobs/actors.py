@@ -22,7 +22,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from jobs.context import Context
 from jobs.steps import STEPS, Next, fail
 from worker import settings as settings_module
-from worker.broker import QUEUE, make_broker
+from worker.broker import make_broker
 from worker.errors import SnaparchiveError
 from worker.jobstore import RedisJobStore
 
@@ -39,7 +39,7 @@ async def _get_context() -> Context:
     global _context
     if _context is None:
         settings = settings_module.load()
-        _context = Context.create(settings, RedisJobStore(settings.redis_url))
+        _context = Context.create(settings, RedisJobStore.for_settings(settings))
     return _context
 
 
@@ -87,7 +87,7 @@ broker = make_broker(
     _settings.broker_url, ContextLifecycle(), heartbeat_timeout=_settings.heartbeat_timeout
 )
 _options = {
-    "queue_name": QUEUE,
+    "queue_name": _settings.queue,
     "max_retries": MAX_RETRIES,
     "min_backoff": 5_000,
     "max_backoff": 300_000,

@@ -13,9 +13,6 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 
-#: The queue of every snaparchive actor.
-QUEUE = "snaparchive"
-
 
 def make_broker(url: str, *extra: Middleware, heartbeat_timeout: int = 60) -> dramatiq.Broker:
     """Return a broker for ``url`` (``redis://`` or ``amqp://``) and make it the global one.

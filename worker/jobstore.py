@@ -20,6 +20,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from worker.settings import Settings
+
 #: Steps of a job. The last three are terminal.
 STEPS = ("queued", "exporting", "awaiting-export", "transferring", "done", "failed", "cancelled")
 TERMINAL = ("done", "failed", "cancelled")
@@ -115,6 +117,11 @@ class RedisJobStore:
     def __init__(self, url: str, namespace: str = "snaparchive") -> None:
         self.redis = aioredis.Redis.from_url(url)
         self.ns = namespace
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RedisJobStore:
+        """The store at ``SNAPARCHIVE_REDIS_URL``, keyed under ``SNAPARCHIVE_QUEUE``."""
+        return cls(settings.redis_url, namespace=settings.queue)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -8,6 +8,7 @@ Credentials stay in these objects and never travel in job messages.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -26,6 +27,9 @@ EXOSCALE_ZONES = (
     "hr-zag-1",
 )
 DEFAULT_ENDPOINT = "https://api-{zone}.exoscale.com/v2"
+
+#: Dramatiq queue names; also safe inside Redis keys and RabbitMQ queue names.
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def _size(env: Mapping[str, str], name: str, default: int) -> int:
@@ -165,7 +169,9 @@ class Settings:
     ``SNAPARCHIVE_TRANSFER_SLICE`` (seconds one transfer message runs before it checkpoints and
     hands over to a fresh message, default 1200: below RabbitMQ's 30 min consumer_timeout),
     ``SNAPARCHIVE_HEARTBEAT_TIMEOUT`` (seconds after which a silent Redis-broker worker counts
-    as dead and its messages go back to the queue, default 60).
+    as dead and its messages go back to the queue, default 60), ``SNAPARCHIVE_QUEUE`` (the
+    Dramatiq queue of every actor and the prefix of the job store's keys, default
+    ``snaparchive``: separate environments can share one broker and one Redis).
     """
 
     exoscale: ExoscaleSettings = field(default_factory=ExoscaleSettings)
@@ -177,6 +183,7 @@ class Settings:
     lease_ttl: int = 60
     transfer_slice: int = 1200
     heartbeat_timeout: int = 60
+    queue: str = "snaparchive"
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -186,6 +193,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     if not broker_url.startswith(("redis://", "rediss://", "amqp://", "amqps://")):
         raise ConfigError("SNAPARCHIVE_BROKER_URL: expected redis://... or amqp://...")
     default_store = broker_url if broker_url.startswith("redis") else "redis://127.0.0.1:6379/0"
+    queue = env.get("SNAPARCHIVE_QUEUE") or "snaparchive"
+    if not _QUEUE_NAME.match(queue):
+        raise ConfigError(f"SNAPARCHIVE_QUEUE: letters, digits, '.', '_', '-' only, not {queue!r}")
     return Settings(
         exoscale=ExoscaleSettings.from_env(env),
         s3=S3Settings.from_env(env),
@@ -196,4 +206,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         lease_ttl=_int(env, "SNAPARCHIVE_LEASE_TTL", 60),
         transfer_slice=_int(env, "SNAPARCHIVE_TRANSFER_SLICE", 1200),
         heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", 60),
+        queue=queue,
     )

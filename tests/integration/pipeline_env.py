@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,8 @@ def pipeline_env(simulator, moto_endpoint: str, bucket: str, broker_url: str, re
         SNAPARCHIVE_REDIS_URL=redis_url,
         SNAPARCHIVE_PART_SIZE="5MiB",
         SNAPARCHIVE_LEASE_TTL="5",
+        # Test runs sharing a broker (a developer's and CI's) never take each other's jobs.
+        SNAPARCHIVE_QUEUE=f"test-{uuid.uuid4().hex[:12]}",
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",

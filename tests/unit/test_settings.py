@@ -16,6 +16,7 @@ def test_defaults() -> None:
     assert settings.transfer.segment_limit == TiB
     assert settings.transfer.allowed_download_hosts == ("*.exo.io",)
     assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.queue == "snaparchive"
 
 
 def test_values_are_parsed() -> None:
@@ -27,6 +28,7 @@ def test_values_are_parsed() -> None:
             "SNAPARCHIVE_PART_SIZE": "16MiB",
             "SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS": "*.exo.io, 127.0.0.1 ,",
             "SNAPARCHIVE_BROKER_URL": "amqp://guest:guest@localhost:5672/",
+            "SNAPARCHIVE_QUEUE": "staging-archive",
         }
     )
     assert settings.exoscale.url("at-vie-1") == "http://127.0.0.1:8080/at-vie-1/v2"
@@ -35,6 +37,7 @@ def test_values_are_parsed() -> None:
     assert settings.transfer.part_size == 16 * MiB
     assert settings.transfer.allowed_download_hosts == ("*.exo.io", "127.0.0.1")
     assert settings.redis_url == "redis://127.0.0.1:6379/0"  # the job store stays on Redis
+    assert settings.queue == "staging-archive"
 
 
 @pytest.mark.parametrize(
@@ -44,6 +47,7 @@ def test_values_are_parsed() -> None:
         ({"SNAPARCHIVE_UPLOAD_CONCURRENCY": "0"}, "SNAPARCHIVE_UPLOAD_CONCURRENCY"),
         ({"SNAPARCHIVE_BROKER_URL": "kafka://x"}, "SNAPARCHIVE_BROKER_URL"),
         ({"SNAPARCHIVE_S3_ADDRESSING_STYLE": "sideways"}, "SNAPARCHIVE_S3_ADDRESSING_STYLE"),
+        ({"SNAPARCHIVE_QUEUE": "a queue:with spaces"}, "SNAPARCHIVE_QUEUE"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:

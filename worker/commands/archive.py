@@ -57,7 +57,7 @@ async def archive_here(settings: Settings, zone: str, snapshot_id: str, as_json:
 async def _queue(settings: Settings, args: argparse.Namespace) -> int:
     from jobs import actors
 
-    store = RedisJobStore(settings.redis_url)
+    store = RedisJobStore.for_settings(settings)
     try:
         record, created = await store.claim(args.zone, args.snapshot_id)
         job_id = f"{args.zone}/{args.snapshot_id}"

@@ -42,7 +42,7 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
 
     settings = load()
     settings.s3.require_bucket()
-    store = RedisJobStore(settings.redis_url)
+    store = RedisJobStore.for_settings(settings)
     try:
         record = await _find(store, zone, snapshot_id)
         if record is None:

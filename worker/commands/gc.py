@@ -36,7 +36,7 @@ async def _gc(min_age: float, dry_run: bool) -> int:
     settings = load()
     settings.s3.require_bucket()
     archive = ArchiveStore(settings.s3)
-    store = RedisJobStore(settings.redis_url)
+    store = RedisJobStore.for_settings(settings)
     try:
         active = {(r.zone, r.snapshot_id) for r in await store.list(limit=100_000) if r.active}
         uploads = await archive.list_open_uploads()

@@ -45,7 +45,7 @@ def _detail(record: JobRecord) -> str:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    store = RedisJobStore(load().redis_url)
+    store = RedisJobStore.for_settings(load())
     try:
         records = await store.list(limit=1000)
     finally:

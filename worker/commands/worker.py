@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 
-from worker.broker import QUEUE
 from worker.commands import args as types
 from worker.settings import load
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "dramatiq",
         "jobs.actors",
         "--queues",
-        QUEUE,
+        settings.queue,
         "--processes",
         str(args.processes),
         "--threads",

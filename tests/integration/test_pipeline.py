@@ -86,7 +86,9 @@ def test_duplicate_enqueue_joins_and_status_shows_progress(env, simulator, snaps
     # One export, one download: the joined requests did not start another.
     assert simulator.bytes_served(snapshot_id) == 16 * MiB
     again = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
-    assert json.loads(again.stdout)["note"] == "already archived"
+    existing = json.loads(again.stdout)
+    assert existing["note"] == "already archived"
+    assert existing["md5"] == json.loads(done.stdout)["md5"] and existing["size"] == 16 * MiB
 
 
 @pytest.mark.parametrize("env", ["redis"], indirect=True)

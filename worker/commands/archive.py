@@ -8,7 +8,7 @@ import json
 import sys
 
 from worker.commands import args as types
-from worker.commands.follow import follow, report
+from worker.commands.follow import follow, outcome_json, report
 from worker.jobstore import MemoryJobStore, RedisJobStore
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
@@ -68,6 +68,13 @@ async def _queue(settings: Settings, args: argparse.Namespace) -> int:
             note = "already archived"
         else:
             note = f"joined the running job ({record.step})"
+        if record.step == "done":
+            # Nothing to wait for: report the existing archive as a finished job would.
+            if args.json:
+                print(json.dumps({**outcome_json(record), "note": note}, indent=2))
+                return 0
+            print(f"{job_id}: {note}", file=sys.stderr)
+            return report(record, as_json=False)
         if not args.wait:
             if args.json:
                 print(json.dumps({"job": job_id, "status": record.step, "note": note}))

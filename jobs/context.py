@@ -49,9 +49,14 @@ class Context:
             settings=settings,
             store=store,
             exoscale=ExoscaleClient(settings.exoscale),
-            archive=ArchiveStore(settings.s3),
+            # Uploads and their completion run in the store's threads: enough for the transfers
+            # a worker process runs at once (``snaparchive worker --threads``, default 4).
+            archive=ArchiveStore(
+                settings.s3, max_workers=(settings.transfer.upload_concurrency + 1) * 4
+            ),
         )
 
     async def close(self) -> None:
         await self.exoscale.close()
+        await self.archive.close()
         await self.store.close()

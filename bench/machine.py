@@ -29,6 +29,20 @@ def _memory() -> str:
     return "unknown"
 
 
+#: The files whose uncommitted changes would make the figures another commit's.
+_MEASURED = (
+    "bench",
+    "worker/transfer.py",
+    "worker/download.py",
+    "worker/retry.py",
+    "worker/md5state.py",
+    "worker/parts.py",
+    "worker/archive.py",
+    "worker/settings.py",
+    "worker/simulator",
+)
+
+
 def _commit() -> str:
     def git(*args: str) -> str:
         answer = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
@@ -36,10 +50,11 @@ def _commit() -> str:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "worker", "bench")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *_MEASURED)
     except OSError:
         return "unknown"
-    return f"{head}{' (engine or bench modified)' if dirty else ''}" if head else "unknown"
+    note = " + uncommitted changes to the engine or bench" if dirty else ""
+    return f"{head}{note}" if head else "unknown"
 
 
 def describe() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
@@ -263,6 +264,33 @@ def test_slow_download_trickles(simulator):
         assert simulator.bytes_served(SNAPSHOT) < 2 * MiB
     finally:
         connection.close()
+
+
+def test_downloads_sending_counts_a_body_until_the_client_is_gone(simulator):
+    export = exported(simulator, size=4 * MiB)
+    simulator.set_faults(Faults(slow_rate=256 * 1024), snapshot_id=SNAPSHOT)
+    assert simulator.downloads_sending(SNAPSHOT) == 0
+    parts = urlsplit(export["presigned-url"])
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    connection.request("GET", f"{parts.path}?{parts.query}")
+    response = connection.getresponse()
+    response.read(1024)
+    assert simulator.downloads_sending(SNAPSHOT) == 1
+    connection.close()
+    _until_not_sending(simulator)
+    served = simulator.bytes_served(SNAPSHOT)
+    time.sleep(0.3)  # three paced writes' worth: nothing more is counted
+    assert simulator.bytes_served(SNAPSHOT) == served < 4 * MiB
+    assert fetch(export["presigned-url"], {"Range": "bytes=0-9"}).status == 206
+    _until_not_sending(simulator)
+    assert simulator.bytes_served(SNAPSHOT) == served + 10
+
+
+def _until_not_sending(sim: Simulator, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sim.downloads_sending(SNAPSHOT):
+        assert time.monotonic() < deadline, "a download is still sending"
+        time.sleep(0.02)
 
 
 def test_logs_carry_neither_secret_nor_url_signature(simulator, caplog):

@@ -138,10 +138,13 @@ class Downloads:
             return response
         plan = self.state.take_download_plan(snapshot_id, start, end)
         stop = end if plan.cut_at is None else plan.cut_at
+        self.state.count_sending(snapshot_id, 1)
         try:
             await self._send(response, snapshot_id, image.chunks(start, stop), start, plan)
         except ConnectionError:
             return response  # the client went away; nothing to finish
+        finally:
+            self.state.count_sending(snapshot_id, -1)
         if plan.cut_at is not None:
             _drop_connection(request, plan.reset)
             return response

@@ -148,6 +148,7 @@ class SnapshotRecord:
     Parameters:
       size: The snapshot's size in GiB as the API reports it.
       served: Body bytes of presigned downloads sent so far.
+      sending: Download responses whose body is being sent right now.
     """
 
     id: str
@@ -160,6 +161,7 @@ class SnapshotRecord:
     instance_id: str
     export: ExportRecord | None = None
     served: int = 0
+    sending: int = 0
 
     def body(self, instance: InstanceRecord, export: dict[str, str] | None) -> dict[str, Any]:
         """Return the snapshot object; ``export`` is its ``export`` member, if exported."""

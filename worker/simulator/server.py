@@ -270,3 +270,14 @@ class Simulator:
         record = self._state.snapshot_record(snapshot_id)
         with self._state.lock:
             return record.served
+
+    def downloads_sending(self, snapshot_id: str) -> int:
+        """Return how many download responses of a snapshot are sending their body now.
+
+        A response counts until its last byte is written or the server notices that the
+        client went away: once it is 0, :meth:`bytes_served` no longer moves for them.
+        Raises KeyError for an unknown id.
+        """
+        record = self._state.snapshot_record(snapshot_id)
+        with self._state.lock:
+            return record.sending

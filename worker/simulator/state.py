@@ -575,6 +575,13 @@ class SimState:
             if snapshot is not None:
                 snapshot.served += count
 
+    def count_sending(self, snapshot_id: str, change: int) -> None:
+        """Record that a download body of ``snapshot_id`` started (+1) or ended (-1)."""
+        with self.lock:
+            snapshot = self._snapshots.get(snapshot_id)
+            if snapshot is not None:
+                snapshot.sending += change
+
     def snapshot_record(self, snapshot_id: str) -> SnapshotRecord:
         """Return a snapshot's record.
 

@@ -12,6 +12,8 @@ permanent ones, and transient ones on the last retry, end the job as failed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -29,6 +31,8 @@ from worker.jobstore import RedisJobStore
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 8
+#: Seconds between looks at a job store that does not answer, at most.
+STORE_WAIT_MAX = 10.0
 #: Polling steps are short; the transfer runs for one slice (SNAPARCHIVE_TRANSFER_SLICE).
 SHORT_TIME_LIMIT = 5 * 60 * 1000
 _context: Context | None = None
@@ -57,11 +61,28 @@ class ContextLifecycle(Middleware):
             _context = None
 
 
+async def _until_store_answers(ctx: Context) -> None:
+    """Wait while the job store is unreachable (unless the worker is stopping).
+
+    Recording a failure needs it, and so does the retry when Redis is also the broker: a
+    retry sent to a broker that is down would be lost, and the job with it.
+    """
+    pause = 0.5
+    while not await ctx.store.ping():
+        if ctx.shutdown.is_set():
+            return
+        logger.warning("the job store is unreachable; waiting %.0fs for it", pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.shutdown.wait(), pause)
+        pause = min(pause * 2, STORE_WAIT_MAX)
+
+
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
     try:
         return await STEPS[name](ctx, zone, snapshot_id)
     except Exception as error:
+        await _until_store_answers(ctx)
         permanent = isinstance(error, SnaparchiveError) and error.permanent
         if permanent or last_try:
             await fail(ctx, zone, snapshot_id, error)

@@ -28,7 +28,7 @@ from worker.errors import (
     SnaparchiveError,
     SnapshotNotExportable,
 )
-from worker.jobstore import JobRecord, JobStore
+from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore
 from worker.models import Snapshot
 from worker.polling import poll_interval
 from worker.transfer import ArchiveResult, Checkpoint, ExportSource, TransferStopped, archive_export
@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 PROVIDER = "exoscale"
 #: Seconds between progress writes to the job store (and checks for a cancel request).
 PROGRESS_INTERVAL = 1.0
+#: Seconds a job store call beside a transfer may take before the store counts as unreachable.
+STORE_CALL_TIMEOUT = 5.0
+#: Seconds of slack around a lease's expiry: a transfer whose lease may expire within them
+#: stops, and a worker waiting for another's lease looks again this long after it expires.
+LEASE_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -147,29 +152,32 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
     if await _active_job(ctx, zone, snapshot_id) is None:
         return None
     ttl = ctx.settings.lease_ttl
+    leased_at = time.monotonic()
     if not await ctx.store.acquire_lease(zone, snapshot_id, ctx.owner, ttl):
         # Another worker is on it (a joined duplicate, or a redelivery while the dead owner's
-        # lease runs out): look again after a lease period rather than drop the message.
+        # lease runs out): look again when the lease would expire rather than drop the message.
+        left = await ctx.store.lease_left(zone, snapshot_id)
         logger.info("%s/%s: another worker holds the lease; looking again later", zone, snapshot_id)
-        return Next("transfer_snapshot", ttl)
+        return Next("transfer_snapshot", min(ttl, left + LEASE_MARGIN))
     try:
         snapshot = await ctx.exoscale.get_snapshot(zone, snapshot_id)
         if not _exported(snapshot):
             # The export went away (expired, or the snapshot was re-exported): start over.
             return Next("start_export")
         saved = await ctx.store.load_checkpoint(zone, snapshot_id)
-        watch = _TransferWatch(ctx, zone, snapshot_id)
+        watch = _TransferWatch(ctx, zone, snapshot_id, leased_at)
         try:
             result = await archive_export(
                 _source(ctx, zone, snapshot),
                 ctx.archive,
                 ctx.settings.transfer,
                 checkpoint=Checkpoint.from_dict(saved) if saved else None,
-                on_checkpoint=lambda cp: ctx.store.save_checkpoint(zone, snapshot_id, cp.to_dict()),
+                on_checkpoint=watch.checkpoint,
                 on_progress=watch.progress,
                 stop=watch.stop,
             )
         except TransferStopped:
+            await watch.close()
             if watch.cancelled:
                 await finish_cancelled(ctx.store, ctx.archive, zone, snapshot_id)
                 return None
@@ -178,14 +186,27 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
             # Shutting down or slice over: the checkpoint is saved, any worker continues.
             return Next("transfer_snapshot")
         except ArchiveExists as exists:
+            await watch.close()
             manifest = await ctx.archive.read_manifest(exists.manifest_key)
             result = ctx.archive.result_from_manifest(manifest)
-        finally:
+        except Exception:
+            # The transfer failed and aborted its uploads: its last checkpoint is worthless.
+            await watch.close(save=False)
+            raise
+        except BaseException:
+            # Cancelled: the uploads stay open, and the checkpoint to resume them is saved.
+            await watch.close()
+            raise
+        else:
             await watch.close()
         await _finish(ctx, zone, snapshot_id, result)
         return None
     finally:
-        await ctx.store.release_lease(zone, snapshot_id, ctx.owner)
+        try:
+            await ctx.store.release_lease(zone, snapshot_id, ctx.owner)
+        except STORE_UNREACHABLE as error:
+            # It expires by itself; the outcome of the step matters more.
+            logger.warning("%s/%s: cannot release the lease: %s", zone, snapshot_id, error)
 
 
 async def _finish(ctx: Context, zone: str, snapshot_id: str, result: ArchiveResult) -> None:
@@ -235,27 +256,82 @@ def _source(ctx: Context, zone: str, snapshot: Snapshot) -> ExportSource:
 
 
 class _TransferWatch:
-    """Beside a running transfer: writes progress, renews the lease, notices a cancel.
+    """Beside a running transfer: saves checkpoints and progress, renews the lease, notices a
+    cancel.
 
     Sets :attr:`stop` when the process shuts down, the transfer slice is over, an operator
-    cancels, or the lease is lost.
+    cancels, or the lease is lost. The transfer rides through a job store that is briefly
+    unreachable (a Redis restart or failover): a checkpoint it could not save is saved once
+    the store answers again, and the transfer stops only when the lease could have expired
+    meanwhile (then another worker may take the job over).
     """
 
-    def __init__(self, ctx: Context, zone: str, snapshot_id: str) -> None:
+    def __init__(self, ctx: Context, zone: str, snapshot_id: str, leased_at: float) -> None:
+        """Start watching; ``leased_at`` is when the lease was asked for (``time.monotonic``)."""
         self.ctx, self.zone, self.snapshot_id = ctx, zone, snapshot_id
         self.stop = asyncio.Event()
         self.cancelled = False
         self.lease_lost = False
         self._done = 0
         self._total: int | None = None
+        # The lease is surely ours until then (monotonic) unless renewed.
+        self._renewed = leased_at
+        self._lease_until = leased_at + ctx.settings.lease_ttl
+        # The newest checkpoint not saved yet, and the lock that keeps saves in order.
+        self._unsaved: dict[str, Any] | None = None
+        self._saving = asyncio.Lock()
+        self._unreachable = False
+        self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def progress(self, done: int, total: int) -> None:
         self._done, self._total = done, total
 
+    async def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """The transfer's ``on_checkpoint``: save it, or keep it for later if the store is
+        unreachable (a failure here must not end the transfer: it would abort its uploads)."""
+        self._unsaved = checkpoint.to_dict()
+        if self._unreachable:
+            return  # saved by the watch once the store answers: the transfer does not wait
+        try:
+            await self._save()
+        except STORE_UNREACHABLE as error:
+            self._store_unreachable(error)
+
+    async def _save(self) -> None:
+        """Save the newest unsaved checkpoint while the lease is ours."""
+        async with self._saving:
+            data = self._unsaved
+            if data is None or self.lease_lost:
+                return
+            if not await asyncio.wait_for(
+                self.ctx.store.save_checkpoint(self.zone, self.snapshot_id, data, self.ctx.owner),
+                STORE_CALL_TIMEOUT,
+            ):
+                self._lose_lease()
+                return
+            if self._unsaved is data:
+                self._unsaved = None
+
+    def _lose_lease(self) -> None:
+        if not self.lease_lost:
+            logger.warning("%s/%s: the lease may be lost; stopping", self.zone, self.snapshot_id)
+        self.lease_lost = True
+        self.stop.set()
+
+    def _store_unreachable(self, error: BaseException) -> None:
+        if not self._unreachable:
+            logger.warning(
+                "%s/%s: the job store is unreachable (%s); the transfer goes on",
+                self.zone,
+                self.snapshot_id,
+                str(error) or type(error).__name__,
+            )
+        self._unreachable = True
+
     async def _run(self) -> None:
-        ctx, zone, snapshot_id = self.ctx, self.zone, self.snapshot_id
-        started = last_renewal = time.monotonic()
+        ctx = self.ctx
+        started = time.monotonic()
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.shutdown.wait(), PROGRESS_INTERVAL)
@@ -263,29 +339,64 @@ class _TransferWatch:
                 # Shutting down, or this message has run its slice: checkpoint and hand over.
                 self.stop.set()
                 break
-            await ctx.store.update(
-                zone, snapshot_id, bytes_done=self._done, bytes_total=self._total
-            )
-            job = await ctx.store.get(zone, snapshot_id)
-            if job is not None and job.cancel_requested:
-                self.cancelled = True
-                self.stop.set()
-            if time.monotonic() - last_renewal > ctx.settings.lease_ttl / 3:
-                last_renewal = time.monotonic()
-                if not await ctx.store.renew_lease(
-                    zone, snapshot_id, ctx.owner, ctx.settings.lease_ttl
-                ):
-                    self.lease_lost = True
-                    self.stop.set()
+            # A store that does not answer is given up on before the lease could expire.
+            deadline = self._lease_until - LEASE_MARGIN - time.monotonic()
+            try:
+                await asyncio.wait_for(self._look(), max(0.1, min(STORE_CALL_TIMEOUT, deadline)))
+            except STORE_UNREACHABLE as error:
+                self._store_unreachable(error)
+            else:
+                if self._unreachable:
+                    logger.info("%s/%s: the job store is back", self.zone, self.snapshot_id)
+                self._unreachable = False
+            if not self.stop.is_set() and time.monotonic() > self._lease_until - LEASE_MARGIN:
+                # It may expire before the store answers again: another worker may take over.
+                self._lose_lease()
 
-    async def close(self) -> None:
+    async def _look(self) -> None:
+        """One round: save what is unsaved, write progress, look for a cancel, renew."""
+        ctx, zone, snapshot_id = self.ctx, self.zone, self.snapshot_id
+        await self._save()
+        await ctx.store.update(zone, snapshot_id, bytes_done=self._done, bytes_total=self._total)
+        job = await ctx.store.get(zone, snapshot_id)
+        if job is not None and job.cancel_requested:
+            self.cancelled = True
+            self.stop.set()
+        ttl = ctx.settings.lease_ttl
+        if self._unreachable or time.monotonic() - self._renewed > ttl / 3:
+            asked = time.monotonic()
+            if not await ctx.store.renew_lease(zone, snapshot_id, ctx.owner, ttl):
+                self._lose_lease()
+                return
+            self._renewed = asked
+            self._lease_until = asked + ttl
+
+    async def close(self, save: bool = True) -> None:
+        """Stop watching; unless told not to ``save``, save the last checkpoint and progress
+        if the store answers and the lease is still ours."""
+        if self._closed:
+            return
+        self._closed = True
         self.stop.set()
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        if self._total is not None:
-            await self.ctx.store.update(
-                self.zone, self.snapshot_id, bytes_done=self._done, bytes_total=self._total
+        if not save or self.lease_lost:
+            return
+        try:
+            await self._save()
+            if self._total is not None and not self.lease_lost:
+                await asyncio.wait_for(
+                    self.ctx.store.update(
+                        self.zone, self.snapshot_id, bytes_done=self._done, bytes_total=self._total
+                    ),
+                    STORE_CALL_TIMEOUT,
+                )
+        except STORE_UNREACHABLE as error:
+            # The saved checkpoint is older; the resume finds the parts stored since in the
+            # store (ListParts) and checks them instead of uploading them again.
+            logger.warning(
+                "%s/%s: cannot save the last checkpoint: %s", self.zone, self.snapshot_id, error
             )
 
 

@@ -19,8 +19,17 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from worker.settings import Settings
+
+#: What a job store call raises while the store is unreachable (restarting, failing over, the
+#: network): a pause, not a verdict on the job. ``TimeoutError`` covers a call given up on.
+STORE_UNREACHABLE: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    TimeoutError,
+)
 
 #: Steps of a job. The last three are terminal.
 STEPS = ("queued", "exporting", "awaiting-export", "transferring", "done", "failed", "cancelled")
@@ -98,6 +107,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Saves a checkpoint only while its writer holds the lease (a writer whose lease expired
+# unnoticed must not overwrite the checkpoint of the worker that took over).
+_SAVE_LEASED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -125,6 +143,13 @@ class RedisJobStore:
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        """Return whether the store answers now."""
+        try:
+            return bool(await self.redis.ping())
+        except STORE_UNREACHABLE:
+            return False
 
     def _key(self, kind: str, zone: str, snapshot_id: str) -> str:
         return f"{self.ns}:{kind}:{zone}:{snapshot_id}"
@@ -182,8 +207,21 @@ class RedisJobStore:
                 records.append(record)
         return records
 
-    async def save_checkpoint(self, zone: str, snapshot_id: str, data: dict[str, Any]) -> None:
-        await self.redis.set(self._key("checkpoint", zone, snapshot_id), json.dumps(data))
+    async def save_checkpoint(
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str | None = None
+    ) -> bool:
+        """Store the transfer checkpoint; with ``owner``, only while it holds the lease.
+
+        Returns:
+          Whether it was stored (``False``: ``owner`` does not hold the lease any more, and the
+          checkpoint of whoever does now stays as it is).
+        """
+        key = self._key("checkpoint", zone, snapshot_id)
+        if owner is None:
+            await self.redis.set(key, json.dumps(data))
+            return True
+        lease = self._key("lease", zone, snapshot_id)
+        return bool(await self.redis.eval(_SAVE_LEASED, 2, lease, key, owner, json.dumps(data)))
 
     async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self._key("checkpoint", zone, snapshot_id))
@@ -206,6 +244,11 @@ class RedisJobStore:
     async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None:
         await self.redis.eval(_RELEASE, 1, self._key("lease", zone, snapshot_id), owner)
 
+    async def lease_left(self, zone: str, snapshot_id: str) -> float:
+        """Seconds until the lease expires unless renewed; 0 when nobody holds it."""
+        millis = await self.redis.pttl(self._key("lease", zone, snapshot_id))
+        return max(0, millis) / 1000
+
 
 class MemoryJobStore:
     """Job state in this process only, for ``snaparchive archive --local``."""
@@ -216,6 +259,9 @@ class MemoryJobStore:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    async def ping(self) -> bool:
+        return True
 
     async def claim(self, zone: str, snapshot_id: str) -> tuple[JobRecord, bool]:
         key = f"{zone}:{snapshot_id}"
@@ -238,8 +284,11 @@ class MemoryJobStore:
     async def list(self, limit: int = 100) -> list[JobRecord]:
         return sorted(self.jobs.values(), key=lambda r: -r.updated_at)[:limit]
 
-    async def save_checkpoint(self, zone: str, snapshot_id: str, data: dict[str, Any]) -> None:
+    async def save_checkpoint(
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str | None = None
+    ) -> bool:
         self.checkpoints[f"{zone}:{snapshot_id}"] = data
+        return True
 
     async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None:
         return self.checkpoints.get(f"{zone}:{snapshot_id}")
@@ -255,6 +304,9 @@ class MemoryJobStore:
 
     async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None:
         """A single process needs no lease."""
+
+    async def lease_left(self, zone: str, snapshot_id: str) -> float:
+        return 0.0
 
 
 JobStore = RedisJobStore | MemoryJobStore

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -68,3 +69,28 @@ async def test_checkpoint_round_trip_and_cleared_by_new_claim(store: RedisJobSto
     await store.update("z", "s", step="cancelled")
     await store.claim("z", "s")
     assert await store.load_checkpoint("z", "s") is None
+
+
+async def test_a_leased_checkpoint_is_saved_only_by_the_lease_holder(store: RedisJobStore) -> None:
+    assert await store.lease_left("z", "s") == 0
+    assert await store.acquire_lease("z", "s", "worker-a", ttl=30)
+    assert 29 < await store.lease_left("z", "s") <= 30
+    assert await store.save_checkpoint("z", "s", {"offset": 5}, owner="worker-a")
+    assert not await store.save_checkpoint("z", "s", {"offset": 1}, owner="worker-b")
+    assert await store.load_checkpoint("z", "s") == {"offset": 5}
+    await store.release_lease("z", "s", "worker-a")
+    # A writer whose lease is gone (expired, taken over) leaves the checkpoint alone.
+    assert not await store.save_checkpoint("z", "s", {"offset": 9}, owner="worker-a")
+    assert await store.load_checkpoint("z", "s") == {"offset": 5}
+    assert await store.ping()
+
+
+async def test_an_unreachable_store_does_not_answer_a_ping() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    store = RedisJobStore(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert not await store.ping()
+    finally:
+        await store.close()

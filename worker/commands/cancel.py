@@ -12,7 +12,8 @@ from worker.commands import args as types
 from worker.jobstore import JobRecord, RedisJobStore
 from worker.settings import load
 
-#: Seconds to wait for the transferring worker to stop before acting on its behalf.
+#: Seconds to wait for the transferring worker to stop, at least. A worker that died holds
+#: the lease until it expires (SNAPARCHIVE_LEASE_TTL): then this command acts on its behalf.
 ACK_TIMEOUT = 30.0
 
 
@@ -55,11 +56,13 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             return 0 if record.step == "cancelled" else 1
         # The flag first: a step running right now sees it at its next look.
         await store.update(zone, snapshot_id, cancel_requested=True)
-        deadline = time.monotonic() + ACK_TIMEOUT
+        patience = max(ACK_TIMEOUT, settings.lease_ttl + 10)
+        deadline = time.monotonic() + patience
         while record is not None and record.active and time.monotonic() < deadline:
             # A worker holding the lease stops its transfer and aborts the uploads itself.
             if await store.acquire_lease(zone, snapshot_id, "snaparchive-cancel", ACK_TIMEOUT):
-                await finish_cancelled(store, ArchiveStore(settings.s3), zone, snapshot_id)
+                async with ArchiveStore(settings.s3) as archive:
+                    await finish_cancelled(store, archive, zone, snapshot_id)
                 await store.release_lease(zone, snapshot_id, "snaparchive-cancel")
                 break
             await asyncio.sleep(0.5)
@@ -69,7 +72,7 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             print(f"{zone}/{snapshot_id}: cancelled; its multipart uploads are aborted")
             return 0
         print(
-            f"snaparchive: error: {zone}/{snapshot_id} did not stop within {ACK_TIMEOUT:.0f}s "
+            f"snaparchive: error: {zone}/{snapshot_id} did not stop within {patience:.0f}s "
             f"(it is {record.step if record else 'gone'})",
             file=sys.stderr,
         )

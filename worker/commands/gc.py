@@ -1,8 +1,9 @@
 """``snaparchive gc``: find multipart uploads nobody will complete, and abort them.
 
 Incomplete uploads are invisible but their parts are billed. An upload is abandoned when
-no active job owns its snapshot and it is older than ``--older-than`` hours (a guard for
-jobs that have not recorded their first checkpoint yet).
+no active job of the job store owns its snapshot and it is older than ``--older-than`` hours:
+a guard for transfers the job store does not know, like ``archive --local`` runs. ``0``
+drops the guard, for when no such run can be going on.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from worker.settings import load
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--older-than",
-        type=types.positive_int,
+        type=types.non_negative_int,
         default=1,
         metavar="HOURS",
-        help="only uploads started at least this many hours ago (default 1)",
+        help="only uploads started at least this many hours ago (default 1; 0: any)",
     )
     parser.add_argument("--dry-run", action="store_true", help="list, abort nothing")
 
@@ -49,7 +50,7 @@ async def _gc(min_age: float, dry_run: bool) -> int:
             age = (now - upload.initiated).total_seconds() if upload.initiated else None
             if owner in active:
                 action = "kept: its job is running"
-            elif age is not None and age < min_age:
+            elif min_age and age is not None and age < min_age:
                 action = "kept: too recent"
             elif dry_run:
                 action = "would abort"

@@ -8,7 +8,9 @@ the process that forked it, as it was at ``exec``, so ``wait4`` on a child of th
 Python process could not tell a 20 MiB command from a 60 MiB one, while a command started
 by ``time`` inherits ``time``'s 2 MiB. Without GNU time, ``wait4``'s figure is used and the
 sample says so. Servers the command talks to (image server, S3 endpoint) are separate
-processes; their CPU time is read from ``/proc`` around the run.
+processes; their CPU time is read from ``/proc`` around the run, and so is the machine's
+(``/proc/stat``): what neither the command nor the servers account for is another
+process's load, which would make the run slower than the machine allows.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Sample:
       returncode: Exit status (negative: killed by that signal).
       stdout, stderr: What it printed (stderr cut to its last 2,000 characters).
       servers_cpu: CPU seconds each watched server spent meanwhile, by name.
+      others_cpu: CPU seconds (user and system) the machine spent meanwhile beyond the
+        command and the servers: other processes' load, plus some kernel work.
     """
 
     seconds: float
@@ -50,6 +54,34 @@ class Sample:
     stderr: str
     servers_cpu: dict[str, float] = field(default_factory=dict)
     rss_exact: bool = True
+    others_cpu: float = 0.0
+
+
+def machine_cpu() -> float:
+    """CPU seconds (user, nice, system) every process of the machine has used since boot."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / _TICKS
+
+
+def wait_quiet(pids: list[int], seconds: float, threshold: float = 0.15) -> float:
+    """Wait until the machine is quiet, at most ``seconds``; return how long it waited.
+
+    Quiet: over one second, the processes other than ``pids`` (and this one) used less
+    than ``threshold`` of a core. The benchmark shares the machine with whatever else
+    runs on it; a measurement under someone else's load says more about that load.
+    """
+    waited = 0.0
+    while True:
+        own = [os.getpid(), *pids]
+        before, mine = machine_cpu(), sum(process_cpu(pid) for pid in own)
+        time.sleep(1.0)
+        other = machine_cpu() - before - (sum(process_cpu(pid) for pid in own) - mine)
+        if other < threshold or waited >= seconds:
+            return waited
+        waited += 1.0
 
 
 def _gnu_time() -> str | None:
@@ -105,6 +137,7 @@ def run(
         if GNU_TIME is not None:
             command = [GNU_TIME, "--quiet", "-f", "%M", "-o", rss.name, *command]
         before = {name: process_cpu(pid) for name, pid in servers.items()}
+        machine_before = machine_cpu()
         started = time.perf_counter()
         process = subprocess.Popen(
             command, env=dict(env), stdout=out, stderr=err, start_new_session=True
@@ -124,13 +157,16 @@ def run(
         if watcher is not None:
             watcher.join(timeout=5)
         servers_cpu = {name: process_cpu(pid) - before[name] for name, pid in servers.items()}
+        machine = machine_cpu() - machine_before
         out.seek(0)
         err.seek(0)
         reported = rss.read().split()
         exact = bool(reported) and reported[-1].isdigit()
+        cpu = usage.ru_utime + usage.ru_stime
         return Sample(
             seconds=seconds,
-            cpu=usage.ru_utime + usage.ru_stime,
+            cpu=cpu,
+            others_cpu=max(0.0, machine - cpu - sum(servers_cpu.values())),
             max_rss=(int(reported[-1]) if exact else usage.ru_maxrss) * 1024,
             rss_exact=exact,
             returncode=process.returncode,

@@ -47,13 +47,14 @@ def _spread(m: Measurement) -> str:
 def _throughput(results: Results) -> list[str]:
     lines = [
         "| what | into | MB/s, wall (median) | min-max | MB/s, transfer only | wall s "
-        "| client CPU s | client peak RSS MiB | image server CPU s | store CPU s |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| client CPU s | client peak RSS MiB | image server CPU s | store CPU s "
+        "| other load CPU s |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m in results.measurements.values():
         if not m.measured:
             why = m.skipped or "; ".join(run.error or "" for run in m.runs)
-            lines.append(f"| {_cell(m.label)} | {m.store} | {_cell(why)} | | | | | | | |")
+            lines.append(f"| {_cell(m.label)} | {m.store} | {_cell(why)} | | | | | | | | |")
             continue
         transfer = m.rate("transfer") if m.key.startswith("pipeline") else math.nan
         store = {"moto": "moto", "null sink": "null sink"}.get(m.store)
@@ -62,7 +63,8 @@ def _throughput(results: Results) -> list[str]:
             f"| {_rate(transfer)} "
             f"| {_seconds(m.median('seconds'))} | {_seconds(m.median('cpu'))} "
             f"| {_mib(m.peak_rss)} | {_seconds(m.server_cpu('image server'))} "
-            f"| {_seconds(m.server_cpu(store)) if store else '-'} |"
+            f"| {_seconds(m.server_cpu(store)) if store else '-'} "
+            f"| {_seconds(m.median('others_cpu'))} |"
         )
     failed = [
         f"- {m.label} into {m.store}: run {i} failed: {run.error}"
@@ -157,6 +159,32 @@ def _memory(results: Results) -> list[str]:
     return lines
 
 
+def _memory_notes(results: Results) -> list[str]:
+    """What the peak RSS is made of, from the runs."""
+    lines = []
+    for run in results.memory:
+        if (
+            run.memory_limit != results.memory_limit
+            or not run.measurement.measured
+            or run.size < 2 * run.buffers * run.part_size  # too small to fill every buffer
+        ):
+            continue
+        buffers = run.buffers * run.part_size
+        rest = run.measurement.peak_rss - buffers
+        lines.append(
+            f"- {format_size(run.size)}: {run.buffers} part buffers of "
+            f"{format_size(run.part_size)} = {_mib(buffers)} MiB (all of them filled in turn), "
+            f"plus {_mib(rest)} MiB of everything else (interpreter, aiohttp, boto3 and "
+            "botocore's S3 model, threads)."
+        )
+    if lines:
+        lines.append(
+            "- The part buffers are what `SNAPARCHIVE_MEMORY_LIMIT` bounds; the process needs "
+            "its baseline on top, whatever the image size."
+        )
+    return lines
+
+
 def _resume(figure: Resume) -> list[str]:
     if figure.error:
         return [f"The measurement failed: {figure.error}"]
@@ -191,6 +219,16 @@ def _resume(figure: Resume) -> list[str]:
         f"| {len(kept)}{': ' + ', '.join(map(str, kept)) if kept else ''} |",
         f"| wall time, killed run + resumed run | {figure.first_seconds:.1f} s + "
         f"{figure.second_seconds:.1f} s |",
+        "",
+        "What is done twice is what the checkpoint did not cover yet: the parts downloaded "
+        "past it (the pipeline reads ahead into its free part buffers while earlier parts "
+        "upload, up to upload concurrency + 1 parts, plus what sat in socket buffers) are "
+        "downloaded again, and the parts whose upload was in flight at the kill are sent "
+        "again. Parts the store completed past the checkpoint are found by ListParts, "
+        "re-hashed from the new download and kept when their MD5 matches the stored ETag. "
+        f"Starting over would have downloaded {share(figure.served_at_kill)} again and "
+        f"uploaded every part the first process had started ({len(figure.first_started)}) "
+        "again.",
     ]
 
 
@@ -213,6 +251,18 @@ def _observations(results: Results) -> list[str]:
             "each body into memory, hashes it and writes it to a temporary file, and "
             "CompleteMultipartUpload copies every part once more. A client cannot go faster "
             "than moto ingests, so the ratio into moto compares moto with itself."
+        )
+    loaded = [
+        f"{_cell(m.label)} into {m.store} ({m.median('others_cpu') / m.median('seconds'):.0%})"
+        for m in results.measurements.values()
+        if m.measured and m.median("others_cpu") > 0.1 * m.median("seconds")
+    ]
+    if loaded:
+        lines.append(
+            "- **Other load**: beyond the command and its servers, the machine spent more than "
+            "a tenth of a core (median, share of one core) during: " + "; ".join(loaded) + ". "
+            "Some of it is the kernel's loopback networking; the rest is another process's "
+            "load, which slows those runs."
         )
     null = get("pipeline-null")
     if null is not None and null.measured:
@@ -254,7 +304,8 @@ def render(results: Results) -> str:
         "Written by `./dev.sh bench` (`python -m bench.run`, see its docstring); do not edit: "
         "a run rewrites this file.",
         f"This run took {results.duration / 60:.1f} min"
-        + (" (**--quick**: small images, not the reference figures)." if quick else "."),
+        + (" (**--quick**: small images, not the reference figures)" if quick else "")
+        + f", {results.waited:.0f} s of it waiting for other load on the machine to pass.",
         "",
         "## Machine",
         "",
@@ -293,7 +344,11 @@ def render(results: Results) -> str:
         f"- Throughputs are medians over {results.runs} runs, interleaved (every command once, "
         "then again), in MB/s = 10⁶ bytes/s of image. CPU seconds are the client's own "
         "processes (wait4); the servers' are read from /proc. Peak RSS is `ru_maxrss` of the "
-        "largest process, as GNU time reports it for the command it starts"
+        "largest process, as GNU time reports it for the command it starts. *Other load* is "
+        "the machine's CPU time (/proc/stat) beyond the command, the processes it waited for "
+        "and its servers; before each "
+        "run the benchmark waits (15 min at most in all) until other processes use less than "
+        "0.15 of a core"
         + (
             "."
             if exact
@@ -314,6 +369,8 @@ def render(results: Results) -> str:
         "## Peak RSS by image size (pipeline into the null sink)",
         "",
         *_memory(results),
+        "",
+        *_memory_notes(results),
         "",
         "## Killed at 50 % and resumed (issue 5)",
         "",

@@ -20,6 +20,7 @@ class Run:
       copy: rclone's copy alone, in seconds (before its ``md5sum``).
       error: Why the run does not count (a failure or a wrong MD5); ``None`` if it does.
       rss_exact: Whether ``max_rss`` came from GNU time (see :mod:`bench.measure`).
+      others_cpu: CPU seconds the rest of the machine spent meanwhile (other load).
     """
 
     seconds: float
@@ -30,6 +31,7 @@ class Run:
     copy: float | None = None
     error: str | None = None
     rss_exact: bool = True
+    others_cpu: float = 0.0
 
 
 @dataclass
@@ -174,3 +176,4 @@ class Results:
     memory: list[MemoryRun] = field(default_factory=list)
     resume: Resume | None = None
     duration: float = 0.0
+    waited: float = 0.0

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench import machine, peers, report
 from bench.imageserver import KEY, SECRET, Image, ImageServer
-from bench.measure import Sample, kill_session, run
+from bench.measure import Sample, kill_session, run, wait_quiet
 from bench.moto import CREDENTIALS, MotoServer, free_port
 from bench.results import Measurement, MemoryRun, Results, Resume
 from bench.results import Run as RunResult
@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "bench" / "RESULTS.md"
 #: Seconds a command may take per GiB of image before it is killed (and at least 5 min).
 SECONDS_PER_GIB = 200
+#: Seconds the whole run may spend waiting for other load on the machine to pass.
+QUIET_BUDGET = 900.0
 
 
 def _sizes(text: str) -> list[int]:
@@ -105,6 +107,7 @@ class Bench:
         self.moto: MotoServer
         self.image: Image
         # On tmpfs where there is one: the copy of the image ``openssl md5 FILE`` reads.
+        self.quiet_budget = QUIET_BUDGET
         shm = Path("/dev/shm")
         self.workdir = Path(
             tempfile.mkdtemp(prefix="snaparchive-bench-", dir=shm if shm.is_dir() else None)
@@ -118,6 +121,16 @@ class Bench:
                 yield
             finally:
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def quiet(self) -> None:
+        """Before a measured run: wait for other load to pass, within the run's budget."""
+        if self.quiet_budget <= 0:
+            return
+        pids = [self.server.pid, self.sink.pid, self.moto.pid]
+        waited = wait_quiet(pids, self.quiet_budget)
+        self.quiet_budget -= waited
+        if waited:
+            log(f"waited {waited:.0f} s for other load on the machine to pass")
 
     # -- environments ----------------------------------------------------------------------
 
@@ -167,6 +180,7 @@ class Bench:
             servers_cpu=sample.servers_cpu,
             error=error,
             rss_exact=sample.rss_exact,
+            others_cpu=sample.others_cpu,
         )
 
     def openssl(self) -> RunResult:
@@ -227,6 +241,7 @@ class Bench:
         result.cpu += check.cpu
         result.max_rss = max(result.max_rss, check.max_rss)
         result.rss_exact = result.rss_exact and check.rss_exact
+        result.others_cpu += check.others_cpu
         for name, cpu in check.servers_cpu.items():
             result.servers_cpu[name] = result.servers_cpu.get(name, 0.0) + cpu
         if check.returncode != 0 or not check.stdout.startswith(self.image.md5):
@@ -303,13 +318,15 @@ class Bench:
             for measurement, once in table:
                 if measurement.skipped is not None:
                     continue
+                self.quiet()
                 result = once()
                 measurement.runs.append(result)
                 rate = self.image.size / result.seconds / 1e6
                 status = "ok" if result.error is None else f"FAILED: {result.error}"
                 log(
                     f"run {number}/{self.args.runs} {measurement.key}: {result.seconds:.1f} s, "
-                    f"{rate:.0f} MB/s, RSS {result.max_rss / MiB:.0f} MiB, {status}"
+                    f"{rate:.0f} MB/s, RSS {result.max_rss / MiB:.0f} MiB, other load "
+                    f"{result.others_cpu:.1f} CPU s, {status}"
                 )
         return {measurement.key: measurement for measurement, _ in table}
 
@@ -347,6 +364,7 @@ class Bench:
                 measurement = Measurement(f"memory-{size}-{limit}", label, "null sink", [], size)
                 self.sink.register(image.id, image.parts[part_size])
                 for _ in range(runs):
+                    self.quiet()
                     result = self.pipeline("null sink", image, limit)
                     measurement.runs.append(result)
                     status = "ok" if result.error is None else f"FAILED: {result.error}"
@@ -384,6 +402,7 @@ class Bench:
             )
 
         try:
+            self.quiet()
             first = run(command(0), env, timeout=timeout_for(image.size), watch=kill_at_half)
             figure.first_seconds = first.seconds
             figure.served_at_kill = self._settled_served(image) - start
@@ -492,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             log("kill at 50 % and resume")
             results.resume = bench.resume()
     results.duration = time.monotonic() - started
+    results.waited = QUIET_BUDGET - bench.quiet_budget
     args.output.write_text(report.render(results))
     log(f"wrote {args.output} after {results.duration / 60:.1f} min")
     return 0

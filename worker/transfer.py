@@ -3,6 +3,9 @@
 One pass over the image, memory bounded by the part buffers (:mod:`worker.parts`):
 
 1. The download (:mod:`worker.download`) fills a free part buffer straight from the socket.
+   A buffer is free again once the checkpoint has passed its part, so the download is never
+   more than the buffers ahead of the saved checkpoint: what a resume after a crash reads
+   again, even when one slow part holds up the checkpoint while later ones are stored.
 2. The full buffer goes to two places at once: the whole-image MD5 chain (one
    thread, strictly in order: :mod:`worker.md5state`) and UploadPart (the store's
    thread pool, several parts at a time). Meanwhile the next buffer fills.
@@ -294,6 +297,9 @@ class _Transfer:
         # Parts done out of order, waiting for the ones before them: index -> ETag, state.
         self.etags: dict[int, str] = {}
         self.states: dict[int, str | None] = {}
+        # Part buffers: free ones, and the ones of parts done but not yet checkpointed.
+        self.buffers: asyncio.Queue[bytearray] = asyncio.Queue()
+        self.held: dict[int, bytearray] = {}
         # Running etags_digest of each segment's in-order parts.
         self.etag_hashes: dict[int, Any] = {}
         self.check_parts = True
@@ -458,7 +464,7 @@ class _Transfer:
         assert self.checkpoint is not None
         plan = self.checkpoint.plan
         loop = asyncio.get_running_loop()
-        buffers: asyncio.Queue[bytearray] = asyncio.Queue()
+        buffers = self.buffers
         allocated = 0
         limit = buffer_count(plan.part_size, self.settings)
         tasks: set[asyncio.Task[None]] = set()
@@ -474,7 +480,7 @@ class _Transfer:
                 if await self._until_stopped(download.readinto(view)) != part.size:
                     raise TransferError("the download ended before its Content-Length")
                 chain = loop.run_in_executor(self.chain_pool, _extend_chain, md5, view)
-                task = loop.create_task(self._finish_part(part, buffer, view, chain, buffers))
+                task = loop.create_task(self._finish_part(part, buffer, view, chain))
                 tasks.add(task)
                 task.add_done_callback(self._part_done(tasks))
         finally:
@@ -521,10 +527,10 @@ class _Transfer:
         buffer: bytearray,
         view: memoryview,
         chain: asyncio.Future[str | None],
-        buffers: asyncio.Queue[bytearray],
     ) -> None:
         """Store one part (unless stored already), then move the checkpoint if it can."""
         check: asyncio.Future[str] | None = None
+        stored = False
         try:
             if part.end > self.rehash_until:
                 if self.check_parts or part.index in self.found:
@@ -533,13 +539,17 @@ class _Transfer:
                     )
                 self.etags[part.index] = await self._store_part(part, buffer, view, check)
             state = await chain
+            stored = part.end > self.rehash_until
         finally:
             # The threads read the buffer: it is reused only once both are done with it.
             busy = [f for f in (chain, check) if f is not None and not f.done()]
             if busy:
                 await asyncio.wait(busy)
-            buffers.put_nowait(buffer)
-        if part.end > self.rehash_until:
+            if not stored:
+                self.buffers.put_nowait(buffer)
+        if stored:
+            # Its buffer is free again when the checkpoint has passed it (:meth:`_advance`).
+            self.held[part.index] = buffer
             self.states[part.index] = state
             await self._advance()
 
@@ -609,7 +619,7 @@ class _Transfer:
             checkpoint = self.checkpoint
             assert checkpoint is not None
             plan = checkpoint.plan
-            moved = False
+            passed: list[int] = []
             while (index := checkpoint.parts_done) in self.states and index in self.etags:
                 part = plan.part(index)
                 upload = checkpoint.segments[part.segment]
@@ -619,9 +629,11 @@ class _Transfer:
                 upload.etags_md5 = self.etag_hashes[part.segment].hexdigest()
                 checkpoint.md5_state = self.states.pop(index)
                 checkpoint.offset = part.end
-                moved = True
-            if moved and self.on_checkpoint is not None:
+                passed.append(index)
+            if passed and self.on_checkpoint is not None:
                 await self.on_checkpoint(checkpoint)
+            for index in passed:
+                self.buffers.put_nowait(self.held.pop(index))
 
     # -- commit ----------------------------------------------------------------------------
 

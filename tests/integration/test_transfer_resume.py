@@ -9,6 +9,7 @@ import pytest
 
 from worker.archive import ArchiveStore
 from worker.md5state import new_md5
+from worker.parts import buffer_count
 from worker.settings import S3Settings
 from worker.transfer import Checkpoint, TransferStopped, archive_export
 from worker.units import MiB
@@ -197,3 +198,34 @@ async def test_objects_of_an_unfinished_commit_are_replaced(
 
     assert result.objects[0].key == key
     assert bucket.md5([key]) == source.md5
+
+
+async def test_a_slow_part_holds_the_download_within_the_buffers_of_the_checkpoint(
+    exported, counted_store, small_transfer, s3_proxy, bucket
+):
+    # Part 2 answers SlowDown twice (botocore backs off, then sends it again): it holds up the
+    # checkpoint while the parts after it could be stored. The download waits rather than
+    # run ahead, so a crash never costs more than the buffers' worth of downloading again.
+    source = exported.add(SIZE)
+    s3_proxy.slow_down[2] = 2
+    saved = [0]
+    ahead = []
+
+    async def on_checkpoint(checkpoint):
+        saved[0] = checkpoint.offset
+
+    def on_progress(done, total):
+        ahead.append(done - saved[0])
+
+    result = await archive_export(
+        source,
+        counted_store,
+        small_transfer,
+        on_checkpoint=on_checkpoint,
+        on_progress=on_progress,
+    )
+
+    assert bucket.md5([result.objects[0].key]) == source.md5
+    assert s3_proxy.slow_down[2] == 0  # part 2 was held up indeed
+    assert max(ahead) <= buffer_count(PART, small_transfer) * PART
+

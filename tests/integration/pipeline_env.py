@@ -3,6 +3,7 @@ worker subprocesses, and reading an archive back from the bucket."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,35 +53,58 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
 
 
 @contextmanager
-def worker_process(env: dict[str, str], threads: int = 2) -> Iterator[subprocess.Popen]:
-    """A ``snaparchive worker`` subprocess, stopped with SIGTERM at the end."""
+def worker_process(
+    env: dict[str, str],
+    threads: int = 2,
+    *,
+    processes: int = 1,
+    shutdown_timeout: int = 10,
+    log: Path | None = None,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> Iterator[subprocess.Popen]:
+    """A ``snaparchive worker`` subprocess in its own process group, stopped at the end.
+
+    Parameters:
+      env: Its environment (:func:`pipeline_env`).
+      threads, processes, shutdown_timeout: Its options.
+      log: A file for its stderr (its log), appended to; default: discarded.
+      stop_signal: SIGTERM (default) to stop it gracefully at the end, SIGKILL when nothing
+        is left to wait for.
+
+    At the end a worker still running gets ``stop_signal`` (SIGTERM to the main process, which
+    passes it on to its worker processes), then SIGKILL to the whole group after 30 s. A test
+    may stop or kill it earlier itself.
+    """
+    stderr = open(log, "a") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(
         [
             SNAPARCHIVE,
             "worker",
             "--processes",
-            "1",
+            str(processes),
             "--threads",
             str(threads),
             "--shutdown-timeout",
-            "10",
+            str(shutdown_timeout),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=stderr,
         start_new_session=True,
     )
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
+        if process.poll() is None and stop_signal == signal.SIGTERM:
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        # Whatever is left of the group (all of it after a timeout, orphans after a SIGKILL).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        if log is not None:
+            stderr.close()
 
 
 def stored_md5(moto_endpoint: str, bucket: str, result: dict) -> str:
@@ -116,3 +140,23 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2):
 def status_json(env: dict[str, str], snapshot_id: str) -> dict | None:
     done = cli(env, "status", snapshot_id, "--json")
     return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def forget_queue(env: dict[str, str]) -> None:
+    """Delete what a test left in Redis under its queue: job store keys and, with the Redis
+    broker, its queues (messages nobody consumed)."""
+    import redis
+
+    queue = env["SNAPARCHIVE_QUEUE"]
+    urls = {env["SNAPARCHIVE_REDIS_URL"], env["SNAPARCHIVE_BROKER_URL"]}
+    for url in (u for u in urls if u.startswith("redis")):
+        client = redis.Redis.from_url(url)
+        try:
+            patterns = (f"{queue}:*", f"dramatiq:{queue}*", f"dramatiq:__acks__.*.{queue}*")
+            keys = [key for pattern in patterns for key in client.scan_iter(pattern)]
+            if keys:
+                client.delete(*keys)
+        except redis.ConnectionError:
+            pass  # a server of the test's own, stopped already
+        finally:
+            client.close()

@@ -510,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_resume:
             log("kill at 50 % and resume")
             results.resume = bench.resume()
+    end_commit = machine.describe()["commit"]
+    if end_commit != results.machine["commit"]:
+        # Every pipeline run imports the engine afresh: the runs measured both versions.
+        results.machine["commit"] += f" at the start, {end_commit} at the end (mixed!)"
     results.duration = time.monotonic() - started
     results.waited = QUIET_BUDGET - bench.quiet_budget
     args.output.write_text(report.render(results))

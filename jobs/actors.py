@@ -64,14 +64,14 @@ class ContextLifecycle(Middleware):
 async def _until_store_answers(ctx: Context) -> None:
     """Wait while the job store is unreachable (unless the worker is stopping).
 
-    Recording a failure needs it, and so does the retry when Redis is also the broker: a
-    retry sent to a broker that is down would be lost, and the job with it.
+    Recording a failure needs it, and with Redis as the broker so do the retry and the next
+    step's message: one sent to a broker that is down would be lost, and the job with it.
     """
     pause = 0.5
     while not await ctx.store.ping():
         if ctx.shutdown.is_set():
             return
-        logger.warning("the job store is unreachable; waiting %.0fs for it", pause)
+        logger.warning("the job store is unreachable; waiting %.1fs for it", pause)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.shutdown.wait(), pause)
         pause = min(pause * 2, STORE_WAIT_MAX)
@@ -80,7 +80,7 @@ async def _until_store_answers(ctx: Context) -> None:
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
     try:
-        return await STEPS[name](ctx, zone, snapshot_id)
+        following = await STEPS[name](ctx, zone, snapshot_id)
     except Exception as error:
         await _until_store_answers(ctx)
         permanent = isinstance(error, SnaparchiveError) and error.permanent
@@ -89,6 +89,10 @@ async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> N
             return None
         logger.warning("%s %s/%s: %s (will retry)", name, zone, snapshot_id, error)
         raise
+    if following is not None:
+        # Its message may go to a broker that is this very Redis.
+        await _until_store_answers(ctx)
+    return following
 
 
 def _drive(name: str, zone: str, snapshot_id: str) -> None:

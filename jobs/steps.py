@@ -23,7 +23,6 @@ from jobs.context import Context
 from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
-    LeaseLost,
     OperationTimeout,
     SnaparchiveError,
     SnapshotNotExportable,
@@ -182,7 +181,9 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
                 await finish_cancelled(ctx.store, ctx.archive, zone, snapshot_id)
                 return None
             if watch.lease_lost:
-                raise LeaseLost(f"lost the transfer lease of {zone}/{snapshot_id}") from None
+                # Another worker may have the job now, or the store was unreachable too long to
+                # know: look again shortly, and the lease decides who goes on.
+                return Next("transfer_snapshot", LEASE_MARGIN)
             # Shutting down or slice over: the checkpoint is saved, any worker continues.
             return Next("transfer_snapshot")
         except ArchiveExists as exists:

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,23 +148,28 @@ class Left:
     parts_done: int  # parts below it
 
 
-def _left(scene: Scene) -> Left:
+def _left(scene: Scene, then: Callable[[], object] | None = None) -> Left:
+    """What the stopped worker left. ``then`` runs after the simulator and the store are
+    looked at and before the checkpoint is (with Redis down: it starts Redis)."""
     # The simulator counts bytes until it notices that the connection is gone.
     wait_for(lambda: scene.simulator.downloads_sending(scene.snapshot_id) == 0, timeout=30)
     # UploadParts sent whole before the end are forwarded and answered before we look.
     wait_for(lambda: scene.proxy.active == 0, timeout=30)
+    s3 = scene.s3()
+    (upload,) = s3.list_multipart_uploads(Bucket=scene.bucket)["Uploads"]
+    parts = s3.list_parts(Bucket=scene.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    served, uploads = scene.simulator.bytes_served(scene.snapshot_id), len(scene.proxy.uploads)
+    if then is not None:
+        then()
     saved = scene.checkpoint()
     assert saved is not None and list(saved["segments"]) == ["0"]
-    upload = saved["segments"]["0"]
-    parts = scene.s3().list_parts(
-        Bucket=scene.bucket, Key=upload["key"], UploadId=upload["upload_id"]
-    )
+    assert saved["segments"]["0"]["upload_id"] == upload["UploadId"]
     return Left(
-        served=scene.simulator.bytes_served(scene.snapshot_id),
-        uploads=len(scene.proxy.uploads),
+        served=served,
+        uploads=uploads,
         stored={p["PartNumber"] for p in parts.get("Parts", [])},
         offset=saved["offset"],
-        parts_done=upload["parts"],
+        parts_done=saved["segments"]["0"]["parts"],
     )
 
 
@@ -337,9 +343,9 @@ def test_a_job_survives_a_redis_restart_and_a_killed_worker(make_scene, own_redi
 
 def test_a_job_waits_out_a_long_redis_outage_and_goes_on(make_scene, own_redis):
     # Redis (broker and job store) stays down longer than a lease: the worker cannot know
-    # whether another took its job over, so its transfer stops, keeping its uploads. The
-    # retry must not be sent to the dead broker (it would be lost, and the job stuck): the
-    # worker waits for Redis, then retries, and the same worker finishes the job.
+    # whether another took its job over, so its transfer stops, keeping its uploads. Its next
+    # look must not be sent to the dead broker (it would be lost, and the job stuck): the
+    # worker waits for Redis, then sends it, and finishes the job itself.
     scene = make_scene(own_redis.url, own_redis.url)
     # Smaller and slower: the transfer goes on for a few seconds before it stops.
     scene.size, scene.rate = 100 * MiB + 4321, 10 * MiB
@@ -349,9 +355,9 @@ def test_a_job_waits_out_a_long_redis_outage_and_goes_on(make_scene, own_redis):
         own_redis.stop()
         wait_for(lambda: scene.simulator.downloads_sending(scene.snapshot_id) == 0, timeout=60)
         wait_for(lambda: "the job store is unreachable; waiting" in scene.log("first"), timeout=60)
-        own_redis.start()
-        # The retry waits its backoff (5 s at least): time to see what the stop left.
-        left = _left(scene)
+        # What the stop left, seen before Redis is back and the job goes on; the checkpoint
+        # right after (the job's next look comes a second later at the earliest).
+        left = _left(scene, then=own_redis.start)
         scene.simulator.set_faults(None, snapshot_id=scene.snapshot_id)
         done = cli(
             scene.env,

@@ -208,18 +208,15 @@ class RedisJobStore:
         return records
 
     async def save_checkpoint(
-        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str | None = None
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
     ) -> bool:
-        """Store the transfer checkpoint; with ``owner``, only while it holds the lease.
+        """Store the transfer checkpoint, only while ``owner`` holds the lease.
 
         Returns:
           Whether it was stored (``False``: ``owner`` does not hold the lease any more, and the
           checkpoint of whoever does now stays as it is).
         """
         key = self._key("checkpoint", zone, snapshot_id)
-        if owner is None:
-            await self.redis.set(key, json.dumps(data))
-            return True
         lease = self._key("lease", zone, snapshot_id)
         return bool(await self.redis.eval(_SAVE_LEASED, 2, lease, key, owner, json.dumps(data)))
 
@@ -285,7 +282,7 @@ class MemoryJobStore:
         return sorted(self.jobs.values(), key=lambda r: -r.updated_at)[:limit]
 
     async def save_checkpoint(
-        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str | None = None
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
     ) -> bool:
         self.checkpoints[f"{zone}:{snapshot_id}"] = data
         return True

@@ -64,7 +64,8 @@ async def test_lease_is_exclusive_and_expires(store: RedisJobStore) -> None:
 
 async def test_checkpoint_round_trip_and_cleared_by_new_claim(store: RedisJobStore) -> None:
     await store.claim("z", "s")
-    await store.save_checkpoint("z", "s", {"offset": 10, "parts": [[1, "etag"]]})
+    assert await store.acquire_lease("z", "s", "worker-a", ttl=30)
+    assert await store.save_checkpoint("z", "s", {"offset": 10, "parts": [[1, "etag"]]}, "worker-a")
     assert await store.load_checkpoint("z", "s") == {"offset": 10, "parts": [[1, "etag"]]}
     await store.update("z", "s", step="cancelled")
     await store.claim("z", "s")

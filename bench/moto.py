@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import boto3
 
-from bench.sink import wait_for
+from bench.server import ServerProcess
 
 #: moto accepts any credentials; every client of the benchmark uses these.
 CREDENTIALS = {
@@ -22,14 +20,7 @@ CREDENTIALS = {
 }
 
 
-def free_port() -> int:
-    """Return a loopback port that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class MotoServer:
+class MotoServer(ServerProcess):
     """``moto_server`` on a loopback port, in its own process; a context manager.
 
     moto keeps object bodies in spooled temporary files (on disk past a few MiB), so each
@@ -37,9 +28,7 @@ class MotoServer:
     """
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__()
         self._buckets = itertools.count()
         self._client: Any = None
 
@@ -51,13 +40,7 @@ class MotoServer:
             "-p",
             str(self.port),
         ]
-        self._process = subprocess.Popen(
-            command,
-            env={**os.environ, **CREDENTIALS},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(f"{self.endpoint}/moto-api/", self._process)
+        self._start(command, "/moto-api/", env={**os.environ, **CREDENTIALS})
         self._client = boto3.client(
             "s3",
             endpoint_url=self.endpoint,
@@ -66,18 +49,6 @@ class MotoServer:
             aws_secret_access_key="testing",
         )
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait()
-            self._process = None
-
-    @property
-    def pid(self) -> int:
-        """The server's process id."""
-        assert self._process is not None
-        return self._process.pid
 
     def new_bucket(self) -> str:
         """Create an empty bucket and return its name."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from bench import peers
-from bench.results import Measurement, Results, Resume
+from bench.results import Measurement, MemoryRun, Results, Resume
 from worker.units import MiB, format_size
 
 #: Issue 3's targets.
@@ -120,10 +120,7 @@ def _targets(results: Results) -> list[str]:
         lines.append(f"| into moto ≥ 3x the best peer | - | {_met(None)} |")
     default = [run for run in results.memory if run.memory_limit == results.memory_limit]
     if default and all(run.measurement.measured for run in default):
-        peaks = ", ".join(
-            f"{format_size(run.size)}: {_mib(run.measurement.peak_rss)} MiB" for run in default
-        )
-        ok = all(run.measurement.peak_rss < RSS_LIMIT for run in default)
+        peaks, ok = _peaks(default)
         lines.append(
             f"| peak RSS < 300 MiB, the same for every image size (default "
             f"`SNAPARCHIVE_MEMORY_LIMIT={format_size(results.memory_limit)}`) | {peaks} "
@@ -131,15 +128,18 @@ def _targets(results: Results) -> list[str]:
         )
         for limit in sorted({run.memory_limit for run in results.memory} - {results.memory_limit}):
             others = [r for r in results.memory if r.memory_limit == limit and r.measurement.good]
-            peaks = ", ".join(
-                f"{format_size(r.size)}: {_mib(r.measurement.peak_rss)} MiB" for r in others
-            )
-            ok = all(r.measurement.peak_rss < RSS_LIMIT for r in others)
+            peaks, ok = _peaks(others)
             lines.append(
                 f"| the same with `SNAPARCHIVE_MEMORY_LIMIT={format_size(limit)}` | {peaks} "
                 f"| {_met(ok)} |"
             )
     return lines
+
+
+def _peaks(runs: list[MemoryRun]) -> tuple[str, bool]:
+    """The peak RSS of each image size, and whether every one is under the target."""
+    text = ", ".join(f"{format_size(r.size)}: {_mib(r.measurement.peak_rss)} MiB" for r in runs)
+    return text, all(r.measurement.peak_rss < RSS_LIMIT for r in runs)
 
 
 def _memory(results: Results) -> list[str]:

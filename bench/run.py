@@ -37,7 +37,7 @@ from pathlib import Path
 from bench import machine, peers, report
 from bench.imageserver import KEY, SECRET, Image, ImageServer
 from bench.measure import Sample, kill_session, run, wait_quiet
-from bench.moto import CREDENTIALS, MotoServer, free_port
+from bench.moto import CREDENTIALS, MotoServer
 from bench.results import Measurement, MemoryRun, Results, Resume
 from bench.results import Run as RunResult
 from bench.sink import NullSink
@@ -115,7 +115,7 @@ class Bench:
 
     @contextlib.contextmanager
     def servers(self) -> Iterator[None]:
-        with ImageServer() as server, NullSink(free_port()) as sink, MotoServer() as moto:
+        with ImageServer() as server, NullSink() as sink, MotoServer() as moto:
             self.server, self.sink, self.moto = server, sink, moto
             try:
                 yield

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+
+from bench.server import ServerProcess
 
 BUCKET = "bench"
 _NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
@@ -175,36 +176,18 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return _xml(f"<Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>", status)
 
 
-class NullSink:
+class NullSink(ServerProcess):
     """The parent's handle on a ``python -m bench.sink`` child process; a context manager.
 
     Parameters:
-      port: The loopback port to listen on.
+      port: The loopback port to listen on (default: a free one).
     """
 
     bucket = BUCKET
 
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self._process: subprocess.Popen[bytes] | None = None
-
     def __enter__(self) -> NullSink:
-        self._process = subprocess.Popen([sys.executable, "-m", "bench.sink", str(self.port)])
-        wait_for(f"{self.endpoint}/_sink/stats", self._process)
+        self._start([sys.executable, "-m", "bench.sink", str(self.port)], "/_sink/stats")
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            self._process.wait()
-            self._process = None
-
-    @property
-    def pid(self) -> int:
-        """The sink's process id."""
-        assert self._process is not None
-        return self._process.pid
 
     def register(self, snapshot_id: str, md5s: list[str]) -> None:
         """Tell the sink the MD5 of every part of an image, to answer as ETags (until the
@@ -216,21 +199,6 @@ class NullSink:
         )
         with urllib.request.urlopen(request, timeout=30) as answer:
             answer.read()
-
-
-def wait_for(url: str, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
-    """Wait until ``url`` answers, or fail if ``process`` exits or time runs out."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as answer:
-                answer.read()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {seconds:g} s")
 
 
 def main(argv: list[str]) -> None:

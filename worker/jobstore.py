@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from worker.settings import Settings
+from worker.settings import EXOSCALE_ZONES, Settings
 
 #: What a job store call raises while the store is unreachable (restarting, failing over, the
 #: network): a pause, not a verdict on the job. ``TimeoutError`` covers a call given up on.
@@ -307,3 +307,14 @@ class MemoryJobStore:
 
 
 JobStore = RedisJobStore | MemoryJobStore
+
+
+async def find_jobs(store: JobStore, snapshot_id: str, zone: str | None = None) -> list[JobRecord]:
+    """The jobs of ``snapshot_id`` in ``zone`` (default: in any zone), the running one first.
+
+    Snapshot ids are UUIDs, unique across zones, so there is at most one in practice; a direct
+    look in each zone finds it however many other jobs the store holds.
+    """
+    records = [await store.get(z, snapshot_id) for z in ((zone,) if zone else EXOSCALE_ZONES)]
+    found = [r for r in records if r is not None]
+    return sorted(found, key=lambda r: (r.active, r.updated_at), reverse=True)

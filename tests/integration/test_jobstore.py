@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker.jobstore import MemoryJobStore, RedisJobStore
+from worker.jobstore import MemoryJobStore, RedisJobStore, find_jobs
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -95,3 +95,16 @@ async def test_an_unreachable_store_does_not_answer_a_ping() -> None:
         assert not await store.ping()
     finally:
         await store.close()
+
+
+async def test_find_jobs_looks_in_every_zone_running_job_first(store: RedisJobStore) -> None:
+    snapshot = str(uuid.uuid4())
+    await store.claim("de-fra-1", snapshot)
+    await store.update("de-fra-1", snapshot, step="failed")
+    await store.claim("at-vie-1", snapshot)
+    for _ in range(20):  # other jobs do not hide it
+        await store.claim("ch-gva-2", str(uuid.uuid4()))
+    found = await find_jobs(store, snapshot)
+    assert [(r.zone, r.active) for r in found] == [("at-vie-1", True), ("de-fra-1", False)]
+    assert [r.zone for r in await find_jobs(store, snapshot, "de-fra-1")] == ["de-fra-1"]
+    assert await find_jobs(store, snapshot, "ch-gva-2") == []

@@ -9,7 +9,7 @@ import time
 
 from worker.archive import ArchiveStore
 from worker.commands import args as types
-from worker.jobstore import JobRecord, RedisJobStore
+from worker.jobstore import RedisJobStore, find_jobs
 from worker.settings import load
 
 #: Seconds to wait for the transferring worker to stop, at least. A worker that died holds
@@ -28,16 +28,6 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_cancel(args.zone, args.snapshot_id))
 
 
-async def _find(store: RedisJobStore, zone: str | None, snapshot_id: str) -> JobRecord | None:
-    """The job of ``snapshot_id`` in ``zone``, or in whichever zone it runs when not given."""
-    if zone is not None:
-        return await store.get(zone, snapshot_id)
-    jobs = [r for r in await store.list(limit=10_000) if r.snapshot_id == snapshot_id]
-    # Snapshot ids are UUIDs, unique across zones; prefer the running job if ever two exist.
-    jobs.sort(key=lambda r: (r.active, r.updated_at), reverse=True)
-    return jobs[0] if jobs else None
-
-
 async def _cancel(zone: str | None, snapshot_id: str) -> int:
     from jobs.steps import finish_cancelled
 
@@ -45,7 +35,8 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
     settings.s3.require_bucket()
     store = RedisJobStore.for_settings(settings)
     try:
-        record = await _find(store, zone, snapshot_id)
+        jobs = await find_jobs(store, snapshot_id, zone)
+        record = jobs[0] if jobs else None
         if record is None:
             where = f"{zone}/{snapshot_id}" if zone else f"snapshot {snapshot_id}"
             print(f"snaparchive: error: no job for {where}", file=sys.stderr)

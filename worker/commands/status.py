@@ -10,7 +10,7 @@ import time
 
 from worker.commands import args as types
 from worker.commands.follow import outcome_json
-from worker.jobstore import JobRecord, RedisJobStore
+from worker.jobstore import JobRecord, RedisJobStore, find_jobs
 from worker.settings import load
 from worker.units import format_size
 
@@ -47,15 +47,12 @@ def _detail(record: JobRecord) -> str:
 async def _status(args: argparse.Namespace) -> int:
     store = RedisJobStore.for_settings(load())
     try:
-        records = await store.list(limit=1000)
+        if args.snapshot_id:
+            records = await find_jobs(store, args.snapshot_id, args.zone)
+        else:
+            records = [r for r in await store.list(limit=1000) if args.zone in (None, r.zone)]
     finally:
         await store.close()
-    records = [
-        r
-        for r in records
-        if (args.snapshot_id is None or r.snapshot_id == args.snapshot_id)
-        and (args.zone is None or r.zone == args.zone)
-    ]
     if args.json:
         rows = []
         for record in records:

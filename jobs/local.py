@@ -11,7 +11,7 @@ import logging
 
 from jobs.context import Context
 from jobs.steps import STEPS, fail
-from worker.errors import SnaparchiveError
+from worker.errors import describe, is_permanent
 from worker.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,12 @@ async def run_job(ctx: Context, zone: str, snapshot_id: str, retry: RetryPolicy 
         try:
             following = await STEPS[step](ctx, zone, snapshot_id)
         except Exception as error:
-            transient = not isinstance(error, SnaparchiveError) or not error.permanent
             failures += 1
-            if not transient or failures >= retry.attempts:
+            if is_permanent(error) or failures >= retry.attempts:
                 await fail(ctx, zone, snapshot_id, error)
                 return
             pause = retry.delay(failures, getattr(error, "retry_after", None))
-            logger.warning("%s: %s; trying again in %.0fs", step, error, pause)
+            logger.warning("%s: %s; trying again in %.0fs", step, describe(error), pause)
             await asyncio.sleep(pause)
             continue
         failures = 0

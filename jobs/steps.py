@@ -14,23 +14,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.context import Context
-from worker.archive import ArchiveStore
+from worker.archive import ArchiveId, ArchiveStore
 from worker.errors import (
     ArchiveExists,
     OperationTimeout,
-    SnaparchiveError,
     SnapshotNotExportable,
+    describe,
+    is_permanent,
 )
 from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore
 from worker.models import Snapshot
 from worker.polling import poll_interval
-from worker.transfer import ArchiveResult, Checkpoint, ExportSource, TransferStopped, archive_export
+from worker.transfer import (
+    ArchiveResult,
+    Checkpoint,
+    ExportSource,
+    TransferStopped,
+    archive_export,
+    discard_transfer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,11 @@ STORE_CALL_TIMEOUT = 5.0
 #: Seconds of slack around a lease's expiry: a transfer whose lease may expire within them
 #: stops, and a worker waiting for another's lease looks again this long after it expires.
 LEASE_MARGIN = 1.0
+#: Seconds a cancel or a failure holds the lease while it drops what the transfer left.
+CLEANUP_LEASE = 300.0
+#: Seconds before a transfer that made progress and then failed for a transient reason goes
+#: on from its checkpoint (as a fresh message: its retries count from zero again).
+RESUME_PAUSE = 15.0
 
 
 @dataclass(frozen=True)
@@ -55,33 +69,60 @@ class Next:
 Step = Callable[[Context, str, str], Awaitable[Next | None]]
 
 
+def run_token(ctx: Context) -> str:
+    """A lease token of its own for one run of a step: a duplicate message in the same
+    process is another run, and must not share (or release) the first one's lease."""
+    return f"{ctx.owner}:{secrets.token_hex(4)}"
+
+
 async def _active_job(ctx: Context, zone: str, snapshot_id: str) -> JobRecord | None:
     """Return the job if it should go on; mark it cancelled if an operator asked."""
     job = await ctx.store.get(zone, snapshot_id)
     if job is None or not job.active:
         return None  # a stale or duplicate message: nothing to do
     if job.cancel_requested:
-        await finish_cancelled(ctx.store, ctx.archive, zone, snapshot_id)
+        await finish_cancelled(ctx.store, ctx.archive, zone, snapshot_id, run_token(ctx))
         return None
     return job
 
 
 async def finish_cancelled(
-    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str
+    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str, owner: str
 ) -> None:
-    """Abort the uploads a cancelled job left open and mark it cancelled."""
-    await abort_checkpoint_uploads(store, archive, zone, snapshot_id)
-    await store.update(zone, snapshot_id, step="cancelled", error="cancelled by operator")
+    """Drop what a cancelled job left in the bucket and mark it cancelled.
+
+    Only under the lease (``owner`` holds it, or takes it now): while another run holds it,
+    that run is transferring and finishes the cancel itself when it sees the request.
+    """
+    if not await store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE):
+        return
+    try:
+        await discard_job_transfer(store, archive, zone, snapshot_id)
+        await store.update(zone, snapshot_id, step="cancelled", error="cancelled by operator")
+    finally:
+        await store.release_lease(zone, snapshot_id, owner)
 
 
-async def abort_checkpoint_uploads(
-    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str
-) -> None:
-    """Abort every multipart upload named in the job's checkpoint, then forget it."""
+async def load_checkpoint(store: JobStore, zone: str, snapshot_id: str) -> Checkpoint | None:
+    """The job's checkpoint, or ``None``; one that does not parse is dropped with a warning
+    (its uploads are then found by listing the archive's prefix)."""
     saved = await store.load_checkpoint(zone, snapshot_id)
-    if saved is not None:
-        for key, upload_id in Checkpoint.from_dict(saved).open_uploads():
-            await archive.abort_upload(key, upload_id)
+    if saved is None:
+        return None
+    try:
+        return Checkpoint.from_dict(saved)
+    except ValueError as error:
+        logger.warning("%s/%s: dropping an unreadable checkpoint: %s", zone, snapshot_id, error)
+        return None
+
+
+async def discard_job_transfer(
+    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str
+) -> None:
+    """Drop the uploads and half-committed objects of the job's transfer, then its
+    checkpoint. Call it under the job's lease."""
+    checkpoint = await load_checkpoint(store, zone, snapshot_id)
+    await discard_transfer(archive, ArchiveId(PROVIDER, zone, snapshot_id), checkpoint)
     await store.clear_checkpoint(zone, snapshot_id)
 
 
@@ -151,9 +192,10 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
     if await _active_job(ctx, zone, snapshot_id) is None:
         return None
     ttl = ctx.settings.lease_ttl
+    owner = run_token(ctx)
     leased_at = time.monotonic()
-    if not await ctx.store.acquire_lease(zone, snapshot_id, ctx.owner, ttl):
-        # Another worker is on it (a joined duplicate, or a redelivery while the dead owner's
+    if not await ctx.store.acquire_lease(zone, snapshot_id, owner, ttl):
+        # Another run is on it (a joined duplicate, or a redelivery while the dead owner's
         # lease runs out): look again when the lease would expire rather than drop the message.
         left = await ctx.store.lease_left(zone, snapshot_id)
         logger.info("%s/%s: another worker holds the lease; looking again later", zone, snapshot_id)
@@ -163,14 +205,14 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
         if not _exported(snapshot):
             # The export went away (expired, or the snapshot was re-exported): start over.
             return Next("start_export")
-        saved = await ctx.store.load_checkpoint(zone, snapshot_id)
-        watch = _TransferWatch(ctx, zone, snapshot_id, leased_at)
+        saved = await load_checkpoint(ctx.store, zone, snapshot_id)
+        watch = _TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
         try:
             result = await archive_export(
                 _source(ctx, zone, snapshot),
                 ctx.archive,
                 ctx.settings.transfer,
-                checkpoint=Checkpoint.from_dict(saved) if saved else None,
+                checkpoint=saved,
                 on_checkpoint=watch.checkpoint,
                 on_progress=watch.progress,
                 stop=watch.stop,
@@ -178,7 +220,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
         except TransferStopped:
             await watch.close()
             if watch.cancelled:
-                await finish_cancelled(ctx.store, ctx.archive, zone, snapshot_id)
+                await finish_cancelled(ctx.store, ctx.archive, zone, snapshot_id, owner)
                 return None
             if watch.lease_lost:
                 # Another worker may have the job now, or the store was unreachable too long to
@@ -187,13 +229,28 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
             # Shutting down or slice over: the checkpoint is saved, any worker continues.
             return Next("transfer_snapshot")
         except ArchiveExists as exists:
-            await watch.close()
+            # Another run committed this archive: it stands, and this run's uploads are gone.
+            await watch.close(save=False)
+            await ctx.store.clear_checkpoint(zone, snapshot_id)
             manifest = await ctx.archive.read_manifest(exists.manifest_key)
             result = ctx.archive.result_from_manifest(manifest)
-        except Exception:
-            # The transfer failed and aborted its uploads: its last checkpoint is worthless.
-            await watch.close(save=False)
-            raise
+        except Exception as error:
+            if is_permanent(error):
+                # The transfer dropped its uploads: its last checkpoint is worthless.
+                await watch.close(save=False)
+                raise
+            # The uploads and the checkpoint stay: the next try resumes from it.
+            await watch.close()
+            if not watch.progressed:
+                raise
+            logger.warning(
+                "%s/%s: %s; going on from the checkpoint in %.0fs",
+                zone,
+                snapshot_id,
+                describe(error),
+                RESUME_PAUSE,
+            )
+            return Next("transfer_snapshot", RESUME_PAUSE)
         except BaseException:
             # Cancelled: the uploads stay open, and the checkpoint to resume them is saved.
             await watch.close()
@@ -204,7 +261,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
         return None
     finally:
         try:
-            await ctx.store.release_lease(zone, snapshot_id, ctx.owner)
+            await ctx.store.release_lease(zone, snapshot_id, owner)
         except STORE_UNREACHABLE as error:
             # It expires by itself; the outcome of the step matters more.
             logger.warning("%s/%s: cannot release the lease: %s", zone, snapshot_id, error)
@@ -267,12 +324,20 @@ class _TransferWatch:
     meanwhile (then another worker may take the job over).
     """
 
-    def __init__(self, ctx: Context, zone: str, snapshot_id: str, leased_at: float) -> None:
-        """Start watching; ``leased_at`` is when the lease was asked for (``time.monotonic``)."""
-        self.ctx, self.zone, self.snapshot_id = ctx, zone, snapshot_id
+    def __init__(
+        self, ctx: Context, zone: str, snapshot_id: str, owner: str, leased_at: float
+    ) -> None:
+        """Start watching the transfer that holds the lease as ``owner`` since ``leased_at``
+        (when the lease was asked for, ``time.monotonic``)."""
+        self.ctx, self.zone, self.snapshot_id, self.owner = ctx, zone, snapshot_id, owner
         self.stop = asyncio.Event()
         self.cancelled = False
         self.lease_lost = False
+        #: A checkpoint came during this run: the transfer moved on.
+        self.progressed = False
+        # Whether the newest checkpoint carries the MD5 state: only then can a slice end
+        # without hashing the whole prefix again on resume.
+        self._resumable = True
         self._done = 0
         self._total: int | None = None
         # The lease is surely ours until then (monotonic) unless renewed.
@@ -292,6 +357,8 @@ class _TransferWatch:
         """The transfer's ``on_checkpoint``: save it, or keep it for later if the store is
         unreachable (a failure here must not end the transfer: it would abort its uploads)."""
         self._unsaved = checkpoint.to_dict()
+        self.progressed = True
+        self._resumable = checkpoint.md5_state is not None or checkpoint.offset == 0
         if self._unreachable:
             return  # saved by the watch once the store answers: the transfer does not wait
         try:
@@ -306,7 +373,7 @@ class _TransferWatch:
             if data is None or self.lease_lost:
                 return
             if not await asyncio.wait_for(
-                self.ctx.store.save_checkpoint(self.zone, self.snapshot_id, data, self.ctx.owner),
+                self.ctx.store.save_checkpoint(self.zone, self.snapshot_id, data, self.owner),
                 STORE_CALL_TIMEOUT,
             ):
                 self._lose_lease()
@@ -336,8 +403,10 @@ class _TransferWatch:
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.shutdown.wait(), PROGRESS_INTERVAL)
-            if ctx.shutdown.is_set() or time.monotonic() - started > ctx.settings.transfer_slice:
+            sliced = time.monotonic() - started > ctx.settings.transfer_slice
+            if ctx.shutdown.is_set() or (sliced and self._resumable):
                 # Shutting down, or this message has run its slice: checkpoint and hand over.
+                # (Without the MD5 state, handing over would mean hashing everything again.)
                 self.stop.set()
                 break
             # A store that does not answer is given up on before the lease could expire.
@@ -366,7 +435,7 @@ class _TransferWatch:
         ttl = ctx.settings.lease_ttl
         if self._unreachable or time.monotonic() - self._renewed > ttl / 3:
             asked = time.monotonic()
-            if not await ctx.store.renew_lease(zone, snapshot_id, ctx.owner, ttl):
+            if not await ctx.store.renew_lease(zone, snapshot_id, self.owner, ttl):
                 self._lose_lease()
                 return
             self._renewed = asked
@@ -409,8 +478,14 @@ STEPS: dict[str, Step] = {
 
 
 async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) -> None:
-    """End a job as failed with a one-line reason; abort what it left in the bucket."""
-    reason = str(error) if isinstance(error, SnaparchiveError) else f"internal error: {error!r}"
+    """End a job as failed with a one-line reason; drop what it left in the bucket, unless
+    another run holds the lease (then ``gc`` does, once it is free)."""
+    reason = describe(error)
     logger.error("archive %s/%s failed: %s", zone, snapshot_id, reason)
-    await abort_checkpoint_uploads(ctx.store, ctx.archive, zone, snapshot_id)
+    owner = run_token(ctx)
+    if await ctx.store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE):
+        try:
+            await discard_job_transfer(ctx.store, ctx.archive, zone, snapshot_id)
+        finally:
+            await ctx.store.release_lease(zone, snapshot_id, owner)
     await ctx.store.update(zone, snapshot_id, step="failed", error=reason)

@@ -32,7 +32,14 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, InvalidRegionError
 
-from worker.errors import ArchiveExists, ConfigError, NotFound, StoreError, StoreIntegrityError
+from worker.errors import (
+    ArchiveExists,
+    ConfigError,
+    NotFound,
+    ObjectExists,
+    StoreError,
+    StoreIntegrityError,
+)
 from worker.settings import S3Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,7 @@ T = TypeVar("T")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+_IMAGE_NAME = re.compile(r"image(\.seg\d{5})?")
 #: Attempts per S3 call, first one included (botocore ``standard`` mode backs off up to 20 s).
 S3_MAX_ATTEMPTS = 8
 
@@ -78,6 +86,26 @@ def s3_client(settings: S3Settings, *, max_pool_connections: int = 10) -> Any:
         ) from None
     except ValueError as exc:
         raise ConfigError(f"SNAPARCHIVE_S3_ENDPOINT: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ArchiveId:
+    """Which archive: the source snapshot's ``provider``, ``zone`` and ``snapshot_id``."""
+
+    provider: str
+    zone: str
+    snapshot_id: str
+
+    def __str__(self) -> str:
+        return f"{self.zone}/{self.snapshot_id}"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object as HEAD reports it: ``size`` in bytes and ``etag`` (without quotes)."""
+
+    size: int
+    etag: str
 
 
 @dataclass(frozen=True)
@@ -394,7 +422,7 @@ class ArchiveStore:
         return the object's ETag. Refuses to replace an existing object.
 
         Raises:
-          ArchiveExists: When ``key`` already exists (If-None-Match, or a HEAD where the
+          ObjectExists: When ``key`` already exists (If-None-Match, or a HEAD where the
             store has no conditional writes).
         """
         request: dict[str, Any] = {
@@ -405,7 +433,7 @@ class ArchiveStore:
                 "Parts": [{"PartNumber": i + 1, "ETag": f'"{e}"'} for i, e in enumerate(etags)]
             },
         }
-        answer = await self._write_once("CompleteMultipartUpload", key, request)
+        answer = await self._write_once("CompleteMultipartUpload", key, request, ObjectExists)
         return _unquote(answer["ETag"])
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
@@ -452,15 +480,21 @@ class ArchiveStore:
         except ClientError as exc:
             raise self._error("DeleteObject", exc) from None
 
-    async def exists(self, key: str) -> bool:
-        """Return whether ``key`` exists (HEAD)."""
+    async def stat(self, key: str) -> StoredObject | None:
+        """Return the size and ETag of ``key`` (HEAD), or ``None`` when it does not exist."""
         try:
-            await self._call("HeadObject", self.client.head_object, Bucket=self.bucket, Key=key)
+            answer = await self._call(
+                "HeadObject", self.client.head_object, Bucket=self.bucket, Key=key
+            )
         except ClientError as exc:
             if _code(exc)[1] == 404:
-                return False
+                return None
             raise self._error("HeadObject", exc) from None
-        return True
+        return StoredObject(int(answer["ContentLength"]), _unquote(answer["ETag"]))
+
+    async def exists(self, key: str) -> bool:
+        """Return whether ``key`` exists (HEAD)."""
+        return await self.stat(key) is not None
 
     async def put_manifest(self, manifest: Manifest) -> str:
         """Write ``manifest`` at its key, never over an existing one; return the key.
@@ -476,7 +510,7 @@ class ArchiveStore:
             "ContentType": "application/json",
             "Metadata": {"source-md5": manifest.md5},
         }
-        await self._write_once("PutObject", key, request)
+        await self._write_once("PutObject", key, request, ArchiveExists)
         return key
 
     async def read_manifest(self, key: str) -> Manifest:
@@ -528,6 +562,11 @@ class ArchiveStore:
                 return keys
             request["ContinuationToken"] = page["NextContinuationToken"]
 
+    async def list_image_keys(self, prefix: str) -> list[str]:
+        """Return the keys of the image objects (``image``, ``image.segNNNNN``) directly
+        under an archive's ``prefix``; anything else there is not the transfer's."""
+        return [k for k in await self.list_keys(prefix) if _IMAGE_NAME.fullmatch(k[len(prefix) :])]
+
     async def archived_snapshots(self) -> set[tuple[str, str, str]]:
         """Return ``(provider, zone, snapshot_id)`` of every archive with a manifest."""
         found: set[tuple[str, str, str]] = set()
@@ -537,8 +576,15 @@ class ArchiveStore:
                 found.add((parts[0], parts[1], parts[2]))
         return found
 
-    async def _write_once(self, what: str, key: str, request: dict[str, Any]) -> dict[str, Any]:
-        """Run a PutObject or CompleteMultipartUpload that must not replace ``key``.
+    async def _write_once(
+        self,
+        what: str,
+        key: str,
+        request: dict[str, Any],
+        exists: Callable[[str], Exception],
+    ) -> dict[str, Any]:
+        """Run a PutObject or CompleteMultipartUpload that must not replace ``key``; raise
+        ``exists(key)`` when it is there.
 
         ``If-None-Match: *`` makes the store refuse atomically (AWS, MinIO, Ceph, moto).
         Stores without conditional writes answer NotImplemented; then a HEAD guards the
@@ -553,13 +599,13 @@ class ArchiveStore:
             except ClientError as exc:
                 code, status = _code(exc)
                 if status == 412 or code == "PreconditionFailed":
-                    raise ArchiveExists(key) from None
+                    raise exists(key) from None
                 if code != "NotImplemented" and status != 501:
                     raise self._error(what, exc) from None
                 log.warning("store refuses If-None-Match; guarding writes with HEAD instead")
                 self.conditional_writes = False
         if await self.exists(key):
-            raise ArchiveExists(key)
+            raise exists(key)
         try:
             return await self._call(what, fn, **request)
         except ClientError as exc:

@@ -14,6 +14,20 @@ class SnaparchiveError(Exception):
     permanent = True
 
 
+def is_permanent(error: BaseException) -> bool:
+    """Whether ``error`` ends a job: our permanent errors do; foreign ones (a bug, or a
+    library's error not yet wrapped) are retried like transient ones."""
+    return isinstance(error, SnaparchiveError) and error.permanent
+
+
+def describe(error: BaseException) -> str:
+    """One line for a record, a message or a log: our errors' own text, only the class
+    name of a foreign one (its text may carry a URL or a header)."""
+    if isinstance(error, SnaparchiveError):
+        return str(error)
+    return f"internal error ({type(error).__name__})"
+
+
 class ConfigError(SnaparchiveError):
     """A setting is missing or malformed (the message names the variable)."""
 
@@ -150,6 +164,15 @@ class StoreError(TransferError):
     """The archive store failed after all retries."""
 
     permanent = False
+
+
+class ObjectExists(StoreError):
+    """An object the transfer was about to create exists already (a write that must not
+    replace anything was refused). Transient: the next try looks at why."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"{key} exists already")
+        self.key = key
 
 
 class Cancelled(SnaparchiveError):

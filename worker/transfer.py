@@ -52,13 +52,16 @@ from typing import Any, TypeVar
 import aiohttp
 
 import worker
-from worker.archive import ArchivedObject, ArchiveResult, ArchiveStore, Manifest
+from worker.archive import ArchivedObject, ArchiveId, ArchiveResult, ArchiveStore, Manifest
 from worker.download import Download, DownloadRetry, check_download_url
 from worker.errors import (
     ArchiveExists,
     ChecksumMismatch,
+    ObjectExists,
+    SnaparchiveError,
     StoreIntegrityError,
     TransferError,
+    is_permanent,
 )
 from worker.md5state import Md5, new_md5
 from worker.parts import Part, PartPlan, SegmentSpan, buffer_count, plan_parts
@@ -101,6 +104,11 @@ class ExportSource:
     url: str = field(repr=False)
     refresh_url: Callable[[], Awaitable[str]] = field(repr=False)
 
+    @property
+    def archive(self) -> ArchiveId:
+        """The archive this source goes into."""
+        return ArchiveId(self.provider, self.zone, self.snapshot_id)
+
 
 def etags_digest(etags: list[str]) -> str:
     """Return the hex MD5 of ``etags`` one per line: a fixed-size fingerprint of a part list."""
@@ -108,6 +116,11 @@ def etags_digest(etags: list[str]) -> str:
     for etag in etags:
         digest.update(f"{etag}\n".encode())
     return digest.hexdigest()
+
+
+#: States of a segment's upload: parts going up; CompleteMultipartUpload sent (it may have
+#: succeeded without our knowing); the object exists.
+UPLOADING, COMPLETING, COMPLETED = "uploading", "completing", "completed"
 
 
 @dataclass
@@ -120,12 +133,19 @@ class SegmentUpload:
       parts: Parts 1..``parts`` are stored and hashed.
       etags_md5: :func:`etags_digest` of their ETags (checked against ListParts on resume
         and before Complete; a list of 10,000 ETags per segment would bloat checkpoints).
+      state: :data:`UPLOADING` (default), :data:`COMPLETING` or :data:`COMPLETED`.
+      object_etag: Once the commit of the segment began, the ETag its object must have
+        (computed from the parts' MD5s; ``None`` where ETags are not MD5s), and once
+        :data:`COMPLETED`, the ETag it has. A resumed commit keeps an object only if it
+        still has this ETag and the segment's size.
     """
 
     key: str
     upload_id: str
     parts: int = 0
     etags_md5: str = field(default_factory=lambda: etags_digest([]))
+    state: str = UPLOADING
+    object_etag: str | None = None
 
 
 @dataclass
@@ -155,8 +175,15 @@ class Checkpoint:
         return -(-self.offset // self.plan.part_size)
 
     def open_uploads(self) -> list[tuple[str, str]]:
-        """Return ``(key, upload_id)`` of every upload the transfer started."""
-        return [(s.key, s.upload_id) for _, s in sorted(self.segments.items())]
+        """Return ``(key, upload_id)`` of every upload the transfer started and did not
+        complete."""
+        return [
+            (s.key, s.upload_id) for _, s in sorted(self.segments.items()) if s.state != COMPLETED
+        ]
+
+    def completed_keys(self) -> list[str]:
+        """Return the keys of the objects the transfer may have completed."""
+        return [s.key for _, s in sorted(self.segments.items()) if s.state != UPLOADING]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,19 +211,26 @@ class Checkpoint:
                 md5=str(data["md5"]),
                 offset=int(data["offset"]),
                 md5_state=data.get("md5_state"),
-                segments={
-                    int(i): SegmentUpload(
-                        str(item["key"]),
-                        str(item["upload_id"]),
-                        int(item["parts"]),
-                        str(item["etags_md5"]),
-                    )
-                    for i, item in data["segments"].items()
-                },
+                segments={int(i): _segment_upload(item) for i, item in data["segments"].items()},
                 validator=data.get("validator"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed transfer checkpoint: {exc}") from None
+
+
+def _segment_upload(item: dict[str, Any]) -> SegmentUpload:
+    state = item.get("state", UPLOADING)  # checkpoints from before resumable commits
+    if state not in (UPLOADING, COMPLETING, COMPLETED):
+        raise ValueError(f"unknown segment state {state!r}")
+    etag = item.get("object_etag")
+    return SegmentUpload(
+        str(item["key"]),
+        str(item["upload_id"]),
+        int(item["parts"]),
+        str(item["etags_md5"]),
+        state,
+        None if etag is None else str(etag),
+    )
 
 
 class TransferStopped(TransferError):
@@ -218,6 +252,47 @@ def multipart_etag(part_md5s: list[str]) -> str:
     """Return the ETag S3 gives a multipart object whose parts have these hex MD5s."""
     joined = b"".join(bytes.fromhex(md5) for md5 in part_md5s)
     return f"{hashlib.md5(joined).hexdigest()}-{len(part_md5s)}"
+
+
+async def discard_transfer(
+    store: ArchiveStore, source: ArchiveId, checkpoint: Checkpoint | None
+) -> None:
+    """Drop what a transfer of ``source`` left: abort its multipart uploads (the ones of
+    ``checkpoint`` and any other open one under the archive's prefix, for a checkpoint
+    that is lost or unreadable) and delete the objects its commit completed, unless an
+    archive's manifest now exists. Best effort: failures are logged, ``gc`` sweeps later.
+
+    Only call it while holding the archive's lease: the uploads under the prefix are then
+    this transfer's own.
+    """
+    prefix = store.archive_prefix(source.provider, source.zone, source.snapshot_id)
+    try:
+        uploads = set(checkpoint.open_uploads()) if checkpoint else set()
+        uploads.update((u.key, u.upload_id) for u in await store.list_open_uploads(prefix))
+        for key, upload_id in sorted(uploads):
+            await store.abort_upload(key, upload_id)
+        if checkpoint is not None:
+            await _delete_unless_archived(store, source, checkpoint.completed_keys())
+    except SnaparchiveError as error:
+        log.error("%s: cannot drop what the transfer left (gc will): %s", source, error)
+
+
+async def _delete_unless_archived(store: ArchiveStore, source: ArchiveId, keys: list[str]) -> None:
+    """Delete image objects without a manifest.
+
+    Raises:
+      ArchiveExists: An object is at the manifest key: the objects may be an archive's, and
+        nothing is deleted.
+    """
+    if not keys:
+        return
+    manifest_key = store.manifest_key(source.provider, source.zone, source.snapshot_id)
+    # Looked at right before deleting: a run that committed meanwhile keeps its archive.
+    if await store.exists(manifest_key):
+        raise ArchiveExists(manifest_key)
+    for key in keys:
+        log.info("%s: deleting %s, left by a commit that did not finish", source, key)
+        await store.delete_object(key)
 
 
 async def archive_export(
@@ -290,9 +365,8 @@ class _Transfer:
         self.expected_md5 = source.md5.strip().lower()
         self.name = f"{source.zone}/{source.snapshot_id}"
         self.checkpoint: Checkpoint | None = None
-        # Parts below this offset are stored and checkpointed: they are only re-hashed.
-        self.rehash_until = 0
-        # Parts of a resumed upload found beyond its checkpoint: index -> ETag, unverified.
+        # Parts a resumed upload holds that are not yet checked against the bytes hashed now:
+        # index -> ETag. Each is kept only if its MD5 is that ETag, else it is sent again.
         self.found: dict[int, str] = {}
         # Parts done out of order, waiting for the ones before them: index -> ETag, state.
         self.etags: dict[int, str] = {}
@@ -317,29 +391,35 @@ class _Transfer:
         self, session: aiohttp.ClientSession, saved: Checkpoint | None, retry: DownloadRetry
     ) -> ArchiveResult:
         try:
-            if saved is not None and not await self._adopt(saved):
-                await self._abort(saved)
+            md5 = await self._adopt(saved) if saved is not None else None
+            if saved is not None and md5 is None:
+                await discard_transfer(self.store, self.source.archive, saved)
                 saved = None
             await self._clear_leftovers(saved)
             try:
-                return await self._transfer(session, saved, retry)
+                return await self._transfer(session, md5, retry)
             except TransferStopped as stopped:
                 if stopped.checkpoint is None and self.checkpoint is not None:
-                    await self._abort(self.checkpoint)
+                    await discard_transfer(self.store, self.source.archive, self.checkpoint)
                 raise
-            except Exception:
-                # CancelledError is no Exception: a cancelled transfer keeps its uploads.
-                if self.checkpoint is not None:
-                    await self._abort(self.checkpoint)
+            except Exception as error:
+                # Only a permanent error makes the uploads worthless. A transient one outlived
+                # the retries below, and the next try resumes from the checkpoint: at 50 TiB,
+                # uploading again would cost days. CancelledError is no Exception: a cancelled
+                # transfer keeps its uploads too.
+                if self.checkpoint is not None and is_permanent(error):
+                    await discard_transfer(self.store, self.source.archive, self.checkpoint)
                 raise
         finally:
             self.chain_pool.shutdown(wait=False)
             self.check_pool.shutdown(wait=False)
 
     async def _transfer(
-        self, session: aiohttp.ClientSession, saved: Checkpoint | None, retry: DownloadRetry
+        self, session: aiohttp.ClientSession, md5: Md5 | None, retry: DownloadRetry
     ) -> ArchiveResult:
-        md5, start = self._restore_md5(saved) if saved else (new_md5(), 0)
+        saved = self.checkpoint
+        start = saved.offset if saved is not None else 0
+        md5 = md5 or new_md5()
         if saved is not None and start == saved.plan.total:
             return await self._commit(md5)  # stored and hashed to the end: the commit was lost
         download = Download(
@@ -370,11 +450,12 @@ class _Transfer:
 
     # -- resume ----------------------------------------------------------------------------
 
-    async def _adopt(self, saved: Checkpoint) -> bool:
-        """Check ``saved`` against the store; if it holds, continue from it."""
+    async def _adopt(self, saved: Checkpoint) -> Md5 | None:
+        """Check ``saved`` against the store; if it holds, continue from it and return the
+        MD5 chain to go on with (``None``: it does not hold, start over)."""
         if saved.md5 != self.expected_md5:
             log.warning("%s: the export changed since the checkpoint; starting over", self.name)
-            return False
+            return None
         plan = saved.plan
         done = saved.parts_done
         # Each segment holds its share of the parts below the offset, and no more.
@@ -386,7 +467,13 @@ class _Transfer:
             share and i not in saved.segments for i, share in shares.items()
         ):
             log.warning("%s: the checkpoint does not add up; starting over", self.name)
-            return False
+            return None
+        md5 = self._restore_md5(saved)
+        rehash = md5 is None
+        if rehash and any(u.state != UPLOADING for u in saved.segments.values()):
+            # Completed objects cannot be checked part by part against a re-hash.
+            log.warning("%s: cannot re-hash a half-made commit; starting over", self.name)
+            return None
         for index, upload in saved.segments.items():
             expected_key = self.store.image_key(
                 self.source.provider,
@@ -395,10 +482,23 @@ class _Transfer:
                 index,
                 plan.segment_count,
             )
+            if upload.key != expected_key:
+                log.warning("%s: the checkpoint names a foreign key; starting over", self.name)
+                return None
+            if upload.state == COMPLETED:
+                if not await self._object_holds(upload, plan.segment(index)):
+                    log.warning("%s: a completed object changed; starting over", self.name)
+                    return None
+                continue
             stored = await self.store.list_parts(upload.key, upload.upload_id)
-            if upload.key != expected_key or stored is None:
+            if stored is None:
+                if upload.state == COMPLETING and await self._object_holds(
+                    upload, plan.segment(index)
+                ):
+                    upload.state = COMPLETED  # the completion landed before the crash
+                    continue
                 log.warning("%s: a checkpointed upload is gone; starting over", self.name)
-                return False
+                return None
             first = index * plan.parts_per_segment
             in_order = [p for p in stored if p.number <= upload.parts]
             if (
@@ -407,20 +507,31 @@ class _Transfer:
                 or etags_digest([p.etag for p in in_order]) != upload.etags_md5
             ):
                 log.warning("%s: stored parts differ from the checkpoint; starting over", self.name)
-                return False
+                return None
+            upload.state = UPLOADING  # a completion that did not land is sent again
             hashed = hashlib.md5()
-            for part in in_order:
-                hashed.update(f"{part.etag}\n".encode())
+            if rehash:
+                # The prefix is hashed again from the source: every stored part of it is kept
+                # only if its ETag is the MD5 of the bytes read now, else it is sent again.
+                upload.parts, upload.etags_md5 = 0, etags_digest([])
+            else:
+                for part in in_order:
+                    hashed.update(f"{part.etag}\n".encode())
             self.etag_hashes[index] = hashed
+            low = first if rehash else done
             for part in stored:
                 position = first + part.number - 1
-                if done <= position < plan.part_count and part.size == plan.part(position).size:
+                if low <= position < plan.part_count and part.size == plan.part(position).size:
                     self.found[position] = part.etag
+        if rehash:
+            log.info("%s: re-hashing the first %d bytes from the source", self.name, saved.offset)
+            saved.offset, saved.md5_state = 0, None
         self.checkpoint = saved
-        return True
+        return md5 or new_md5()
 
-    def _restore_md5(self, saved: Checkpoint) -> tuple[Md5, int]:
-        """Continue the MD5 chain from the checkpoint, or from zero to re-hash the prefix."""
+    def _restore_md5(self, saved: Checkpoint) -> Md5 | None:
+        """Continue the MD5 chain from the checkpoint; ``None`` when the prefix must be
+        hashed again from the source (no state saved, or one this host cannot restore)."""
         if saved.md5_state is not None:
             try:
                 md5 = new_md5(saved.md5_state)
@@ -428,17 +539,23 @@ class _Transfer:
                 log.warning("%s: cannot restore the MD5 state (%s)", self.name, exc)
             else:
                 if md5.length == saved.offset:
-                    return md5, saved.offset
+                    return md5
                 log.warning("%s: the MD5 state does not match the checkpoint", self.name)
-        log.info("%s: re-hashing the first %d bytes from the source", self.name, saved.offset)
-        saved.md5_state = None
-        self.rehash_until = saved.offset
-        return new_md5(), 0
+        return None if saved.offset else new_md5()
+
+    async def _object_holds(self, upload: SegmentUpload, span: SegmentSpan) -> bool:
+        """Whether the object of a completed segment is there, with its ETag and size."""
+        found = await self.store.stat(upload.key)
+        return (
+            found is not None
+            and upload.object_etag is not None
+            and found.etag == upload.object_etag
+            and found.size == span.size
+        )
 
     async def _clear_leftovers(self, saved: Checkpoint | None) -> None:
         """Remove what a lost run of this archive left: uploads no checkpoint knows, and
-        image objects completed by a commit that never wrote the manifest (there is no
-        manifest, or archive_export would have stopped with ArchiveExists)."""
+        image objects completed by a commit that never wrote the manifest."""
         known = {upload.upload_id for upload in saved.segments.values()} if saved else set()
         source = self.source
         prefix = self.store.archive_prefix(source.provider, source.zone, source.snapshot_id)
@@ -446,16 +563,9 @@ class _Transfer:
             if upload.upload_id not in known:
                 log.info("%s: aborting a stray upload of %s", self.name, upload.key)
                 await self.store.abort_upload(upload.key, upload.upload_id)
-        for key in await self.store.list_keys(prefix):
-            log.info("%s: deleting %s, left by a commit that did not finish", self.name, key)
-            await self.store.delete_object(key)
-
-    async def _abort(self, checkpoint: Checkpoint) -> None:
-        for key, upload_id in checkpoint.open_uploads():
-            try:
-                await self.store.abort_upload(key, upload_id)
-            except Exception as exc:  # the original error matters more; gc sweeps later
-                log.error("%s: cannot abort the upload of %s: %s", self.name, key, exc)
+        ours = set(saved.completed_keys()) if saved else set()
+        leftovers = [k for k in await self.store.list_image_keys(prefix) if k not in ours]
+        await _delete_unless_archived(self.store, source.archive, leftovers)
 
     # -- streaming -------------------------------------------------------------------------
 
@@ -532,14 +642,11 @@ class _Transfer:
         check: asyncio.Future[str] | None = None
         stored = False
         try:
-            if part.end > self.rehash_until:
-                if self.check_parts or part.index in self.found:
-                    check = asyncio.get_running_loop().run_in_executor(
-                        self.check_pool, _md5_hex, view
-                    )
-                self.etags[part.index] = await self._store_part(part, buffer, view, check)
+            if self.check_parts or part.index in self.found:
+                check = asyncio.get_running_loop().run_in_executor(self.check_pool, _md5_hex, view)
+            self.etags[part.index] = await self._store_part(part, buffer, view, check)
             state = await chain
-            stored = part.end > self.rehash_until
+            stored = True
         finally:
             # The threads read the buffer: it is reused only once both are done with it.
             busy = [f for f in (chain, check) if f is not None and not f.done()]
@@ -547,19 +654,18 @@ class _Transfer:
                 await asyncio.wait(busy)
             if not stored:
                 self.buffers.put_nowait(buffer)
-        if stored:
-            # Its buffer is free again when the checkpoint has passed it (:meth:`_advance`).
-            self.held[part.index] = buffer
-            self.states[part.index] = state
-            await self._advance()
+        # Its buffer is free again when the checkpoint has passed it (:meth:`_advance`).
+        self.held[part.index] = buffer
+        self.states[part.index] = state
+        await self._advance()
 
     async def _store_part(
         self, part: Part, buffer: bytearray, view: memoryview, check: asyncio.Future[str] | None
     ) -> str:
         """Upload a part, unless the store already holds it; return its ETag."""
-        found = self.found.get(part.index)
+        found = self.found.pop(part.index, None)
         if found is not None and check is not None and await check == found:
-            return found
+            return found  # the store holds exactly the bytes hashed now
         key, upload_id = await self._upload_of(part.segment)
         # Only the image's last part is short: it goes as a view of its buffer.
         body = buffer if part.size == len(buffer) else view
@@ -638,7 +744,12 @@ class _Transfer:
     # -- commit ----------------------------------------------------------------------------
 
     async def _commit(self, md5: Md5) -> ArchiveResult:
-        """Verify everything, complete every object, write the manifest."""
+        """Verify everything, complete every object, write the manifest.
+
+        Resumable: each segment's state is checkpointed before and after its completion, so
+        a crash or a transient failure here keeps the objects completed already (a resume
+        checks that each still has its ETag and size).
+        """
         checkpoint = self.checkpoint
         assert checkpoint is not None
         plan = checkpoint.plan
@@ -649,33 +760,55 @@ class _Transfer:
             raise TransferError(
                 f"hashed {md5.length} bytes, stored {checkpoint.offset} of {plan.total}"
             )
-        part_lists = [await self._stored_etags(span) for span in plan.segments()]
         objects: list[ArchivedObject] = []
-        try:
-            for span, etags in zip(plan.segments(), part_lists, strict=True):
-                upload = checkpoint.segments[span.index]
-                etag = await self.store.complete_upload(upload.key, upload.upload_id, etags)
-                del checkpoint.segments[span.index]
-                objects.append(ArchivedObject(upload.key, span.size, etag, span.offset))
-                expected = multipart_etag(etags) if self._md5_etags(etags) else None
-                if expected is not None and _MD5_HEX_PREFIX.match(etag) and etag != expected:
-                    raise StoreIntegrityError(
-                        f"the store assembled {upload.key} wrongly: "
-                        f"ETag {etag}, expected {expected}"
-                    )
-            manifest_key = await self.store.put_manifest(self._manifest(digest, objects))
-        except ArchiveExists:
-            raise  # the objects there belong to the existing archive
-        except BaseException:
-            # Completed objects without a manifest are no archive: remove them.
-            for item in objects:
-                try:
-                    await self.store.delete_object(item.key)
-                except Exception as exc:
-                    log.error("%s: cannot delete %s: %s", self.name, item.key, exc)
-            raise
+        for span in plan.segments():
+            upload = checkpoint.segments[span.index]
+            if upload.state != COMPLETED:
+                await self._complete(span, upload)
+            assert upload.object_etag is not None
+            objects.append(ArchivedObject(upload.key, span.size, upload.object_etag, span.offset))
+        self._still_ours()
+        manifest_key = await self.store.put_manifest(self._manifest(digest, objects))
         log.info("%s: archived %d bytes, md5 %s", self.name, plan.total, digest)
         return ArchiveResult(self.store.bucket, manifest_key, digest, plan.total, objects)
+
+    async def _complete(self, span: SegmentSpan, upload: SegmentUpload) -> None:
+        """Complete one segment's object from its checked parts, checkpointed on both sides."""
+        etags = await self._stored_etags(span)
+        expected = multipart_etag(etags) if self._md5_etags(etags) else None
+        upload.state, upload.object_etag = COMPLETING, expected
+        await self._report()
+        self._still_ours()
+        try:
+            etag = await self.store.complete_upload(upload.key, upload.upload_id, etags)
+        except ObjectExists:
+            source = self.source
+            if await self.store.exists(
+                self.store.manifest_key(source.provider, source.zone, source.snapshot_id)
+            ):
+                raise ArchiveExists(
+                    self.store.manifest_key(source.provider, source.zone, source.snapshot_id)
+                ) from None
+            raise
+        if expected is not None and _MD5_HEX_PREFIX.match(etag) and etag != expected:
+            raise StoreIntegrityError(
+                f"the store assembled {upload.key} wrongly: ETag {etag}, expected {expected}"
+            )
+        upload.state, upload.object_etag = COMPLETED, etag
+        await self._report()
+
+    def _still_ours(self) -> None:
+        """Before a commit write: stop if ``stop`` is set (the lease may be lost, and a worker
+        that took over must not find objects appearing under its feet)."""
+        if self.stop.is_set():
+            raise TransferStopped(self.checkpoint)
+
+    async def _report(self) -> None:
+        """Hand the checkpoint as it is now to ``on_checkpoint``."""
+        if self.on_checkpoint is not None:
+            async with self.checkpoint_lock:
+                assert self.checkpoint is not None
+                await self.on_checkpoint(self.checkpoint)
 
     def _md5_etags(self, etags: list[str]) -> bool:
         return self.check_parts and all(_MD5_HEX_PREFIX.fullmatch(etag) for etag in etags)

@@ -7,7 +7,13 @@ import pytest
 
 from worker import __version__
 from worker.archive import ArchivedObject, ArchiveStore, Manifest
-from worker.errors import ArchiveExists, ConfigError, NotFound, StoreIntegrityError
+from worker.errors import (
+    ArchiveExists,
+    ConfigError,
+    NotFound,
+    ObjectExists,
+    StoreIntegrityError,
+)
 from worker.settings import S3Settings
 from worker.units import MiB
 
@@ -126,7 +132,7 @@ async def test_complete_never_replaces_an_object(store):
         if attempt == 0:
             await store.complete_upload(key, upload_id, [etag])
         else:
-            with pytest.raises(ArchiveExists):
+            with pytest.raises(ObjectExists):
                 await store.complete_upload(key, upload_id, [etag])
             await store.abort_upload(key, upload_id)
     assert await store.list_open_uploads() == []

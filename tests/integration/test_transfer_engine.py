@@ -14,7 +14,7 @@ from worker.errors import ArchiveExists, ChecksumMismatch, ShortRead
 from worker.exoscale import ExoscaleClient
 from worker.retry import RetryPolicy
 from worker.simulator import Faults, Simulator
-from worker.transfer import archive_export, multipart_etag
+from worker.transfer import Checkpoint, archive_export, multipart_etag
 from worker.units import MiB
 
 pytestmark = pytest.mark.integration
@@ -84,14 +84,8 @@ FAST_RETRY = DownloadRetry(RetryPolicy(attempts=3, base=0.01))
     [
         (None, True, ChecksumMismatch, "md5 mismatch: expected 0{32}, got [0-9a-f]{32}"),
         (Faults(corrupt_at=17 * MiB + 5), False, ChecksumMismatch, "md5 mismatch"),
-        (
-            Faults(truncate_at=12 * MiB + 1, download_fault_times=None),
-            False,
-            ShortRead,
-            "at byte 12582913 of 24117371 after 3 attempts",
-        ),
     ],
-    ids=["wrong-published-md5", "corrupted-byte", "truncated-body"],
+    ids=["wrong-published-md5", "corrupted-byte"],
 )
 async def test_a_bad_download_leaves_nothing_behind(
     exported, archive_store, small_transfer, bucket, faults, wrong_md5, error, message
@@ -101,6 +95,37 @@ async def test_a_bad_download_leaves_nothing_behind(
     with pytest.raises(error, match=message):
         await archive_export(source, archive_store, small_transfer, retry=FAST_RETRY)
     bucket.assert_empty()
+
+
+async def test_a_transient_failure_keeps_the_uploads_for_the_next_try(
+    exported, archive_store, small_transfer, bucket
+):
+    # A download that keeps breaking outlives the retries: the transfer fails, but what it
+    # stored stays (nothing visible), and the next try goes on from the checkpoint.
+    source = exported.add(SIZE)
+    exported.sim.set_faults(
+        Faults(truncate_at=12 * MiB + 1, download_fault_times=None), source.snapshot_id
+    )
+    saved = []
+
+    async def on_checkpoint(checkpoint):
+        saved.append(checkpoint.to_dict())
+
+    with pytest.raises(ShortRead, match="at byte 12582913 of 24117371 after 3 attempts"):
+        await archive_export(
+            source, archive_store, small_transfer, on_checkpoint=on_checkpoint, retry=FAST_RETRY
+        )
+    assert bucket.keys() == []
+    assert bucket.open_uploads() != []
+    checkpoint = Checkpoint.from_dict(saved[-1])
+    assert checkpoint.offset == 10 * MiB
+
+    exported.sim.set_faults(None, source.snapshot_id)
+    served = exported.sim.bytes_served(source.snapshot_id)
+    result = await archive_export(source, archive_store, small_transfer, checkpoint=checkpoint)
+    assert bucket.md5([result.objects[0].key]) == source.md5
+    assert exported.sim.bytes_served(source.snapshot_id) - served == SIZE - 10 * MiB
+    assert bucket.open_uploads() == []
 
 
 @pytest.mark.parametrize(

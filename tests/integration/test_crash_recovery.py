@@ -193,6 +193,9 @@ def _assert_resumed(scene: Scene, left: Left, result: dict, saved_all: bool = Tr
     assert result["md5"] == scene.simulator.image_md5(scene.snapshot_id)
     assert result["size"] == scene.size
     assert stored_md5(scene.moto, scene.bucket, result) == result["md5"]
+    # The archive as a restore reads it back (manifest, objects in order) has the MD5.
+    verified = cli(scene.env, "restore", scene.snapshot_id, "--zone", ZONE, "--verify")
+    assert verified.returncode == 0, verified.stderr
     assert scene.s3().list_multipart_uploads(Bucket=scene.bucket).get("Uploads", []) == []
 
     # Not downloaded again: the resume read from the checkpoint's offset (a Range GET), and

@@ -32,7 +32,7 @@ def _memory() -> str:
 #: The files whose uncommitted changes would make the figures another commit's.
 _MEASURED = (
     "bench",
-    "worker/transfer.py",
+    "worker/transfer",
     "worker/download.py",
     "worker/retry.py",
     "worker/md5state.py",

@@ -10,7 +10,7 @@ multi-MiB ``update`` runs in parallel with the event loop and the uploads.
 Where libcrypto is missing or refuses MD5 (a FIPS build), :func:`new_md5` falls
 back to :mod:`hashlib`, whose :meth:`Md5.export` returns ``None``: a resumed
 transfer then re-hashes the prefix from the source instead (see
-:mod:`worker.transfer`).
+:mod:`worker.transfer.resume`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 :func:`collect` asks every provider (each Exoscale zone on its own) at once. A provider
 without its credential variable is skipped with a note; a provider that fails becomes a
 :class:`Failure` while the others' records are kept; the archive manifests say which
-records are archived, or coverage is unknown (``None``) with a note saying why.
+records are archived, or coverage is unknown (``None``) with a note saying why. A
+manifest counts only when it reads back valid; invalid ones are a note.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ PROVIDERS: dict[str, type[Provider]] = {
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
+
+#: Manifests read at once for coverage: each is read and checked, not just listed.
+COVERAGE_READS = 8
 
 
 class UsageError(ConfigError):
@@ -157,8 +161,12 @@ async def _coverage(env: Mapping[str, str], inventory: Inventory) -> None:
         if not s3.bucket:
             inventory.notes.append("archived: unknown, SNAPARCHIVE_S3_BUCKET is not set")
             return
-        async with ArchiveStore(s3, max_workers=1) as store:
-            inventory.archived = await store.archived_snapshots()
+        async with ArchiveStore(s3, max_workers=COVERAGE_READS) as store:
+            scan = await store.scan_archives(COVERAGE_READS)
+        inventory.archived = scan.archived
+        if scan.refused:
+            more = f" (and {len(scan.refused) - 1} more)" if len(scan.refused) > 1 else ""
+            inventory.notes.append(f"archive: not counted as archived: {scan.refused[0]}{more}")
     except SnaparchiveError as exc:
         inventory.failures.append(Failure("archive", _named("archive", exc)))
 

@@ -6,16 +6,13 @@ Over the moto server (and a streaming proxy in front of it that counts what it d
 from __future__ import annotations
 
 import copy
-import http.client
-import http.server
-import threading
-import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.fixtures.manifests import manifest_document, put_manifest, put_object
+from tests.fixtures.store_proxy import StoreProxy
 from worker.archive import MANIFEST_LIMIT, ArchiveStore
 from worker.errors import NotFound, StoreIntegrityError
 from worker.settings import S3Settings
@@ -211,100 +208,26 @@ async def test_only_manifest_keys_are_read(store, moto_endpoint, s3_bucket, key)
         await store.read_manifest(key)
 
 
-class CountingProxy:
-    """A proxy in front of the moto server that streams each answer and counts the body
-    bytes it delivered.
-
-    Attributes:
-      url: The endpoint to give the store.
-      strip_range: Drop Range headers: a store that ignores them and sends everything.
-      delivered: Body bytes delivered, one entry per finished GET.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        target = urllib.parse.urlsplit(upstream)
-        self.strip_range = False
-        self.delivered: list[int] = []
-        self.finished = threading.Semaphore(0)
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                headers = {
-                    k: v
-                    for k, v in self.headers.items()
-                    if not (proxy.strip_range and k.lower() == "range")
-                }
-                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                sent = 0
-                try:
-                    connection.request("GET", self.path, headers=headers)
-                    answer = connection.getresponse()
-                    self.send_response(answer.status)
-                    for name, value in answer.getheaders():
-                        if name.lower() not in ("transfer-encoding", "connection"):
-                            self.send_header(name, value)
-                    self.end_headers()
-                    while chunk := answer.read(64 << 10):
-                        self.wfile.write(chunk)
-                        sent += len(chunk)
-                except OSError:
-                    self.close_connection = True  # the client hung up: stop sending
-                finally:
-                    connection.close()
-                    proxy.delivered.append(sent)
-                    proxy.finished.release()
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def wait(self) -> int:
-        """Wait for the next GET to end; return the body bytes it delivered."""
-        assert self.finished.acquire(timeout=60), "the proxy never finished the GET"
-        return self.delivered[-1]
-
-    def __enter__(self) -> CountingProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-@pytest.fixture
-def counting_proxy(moto_endpoint: str) -> Iterator[CountingProxy]:
-    with CountingProxy(moto_endpoint) as proxy:
-        yield proxy
-
-
 BIG = 20 * MiB
 
 
 async def test_a_huge_object_at_a_manifest_key_is_refused_after_one_range(
-    counting_proxy, moto_endpoint, s3_bucket
+    store_proxy: StoreProxy, moto_endpoint, s3_bucket
 ):
     put_object(moto_endpoint, s3_bucket, KEY, b"{" + b" " * (BIG - 1))
-    settings = S3Settings(endpoint=counting_proxy.url, bucket=s3_bucket)
+    settings = S3Settings(endpoint=store_proxy.url, bucket=s3_bucket)
     async with ArchiveStore(settings) as store:
         with pytest.raises(StoreIntegrityError, match=f"{BIG} bytes, a manifest is at most"):
             await store.read_manifest(KEY)
-    assert counting_proxy.wait() <= MANIFEST_LIMIT + 1
+    assert store_proxy.wait() <= MANIFEST_LIMIT + 1
 
 
-async def test_a_store_ignoring_the_range_is_hung_up_on(counting_proxy, moto_endpoint, s3_bucket):
-    counting_proxy.strip_range = True
+async def test_a_store_ignoring_the_range_is_hung_up_on(store_proxy, moto_endpoint, s3_bucket):
+    store_proxy.strip_range = True
     put_object(moto_endpoint, s3_bucket, KEY, b"{" + b" " * (BIG - 1))
-    settings = S3Settings(endpoint=counting_proxy.url, bucket=s3_bucket)
+    settings = S3Settings(endpoint=store_proxy.url, bucket=s3_bucket)
     async with ArchiveStore(settings) as store:
         with pytest.raises(StoreIntegrityError, match=f"{BIG} bytes, a manifest is at most"):
             await store.read_manifest(KEY)
     # Refused by its Content-Length, unread: only what socket buffers held went out.
-    assert counting_proxy.wait() < BIG // 2
+    assert store_proxy.wait() < BIG // 2

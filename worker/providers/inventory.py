@@ -10,6 +10,7 @@ manifest counts only when it reads back valid; invalid ones are a note.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,8 @@ from worker.providers.genesiscloud import GenesisCloud
 from worker.providers.instavm import InstaVM
 from worker.retry import RetryPolicy
 from worker.settings import S3Settings
+
+log = logging.getLogger(__name__)
 
 #: Every provider adapter, by the name ``--provider`` takes.
 PROVIDERS: dict[str, type[Provider]] = {
@@ -152,7 +155,18 @@ async def _list(
         return await adapter.list_snapshots(region)
     except SnaparchiveError as exc:
         inventory.failures.append(Failure(adapter.name, _named(adapter.name, exc)))
-        return []
+    except Exception as exc:
+        # Whatever else an answer can cause (JSON nested past the recursion limit, ...)
+        # is this provider's failure alone: one line, the others' rows still print.
+        log.info("%s: listing failed", adapter.name, exc_info=True)
+        inventory.failures.append(
+            Failure(
+                adapter.name,
+                f"{adapter.name}: unexpected {type(exc).__name__} reading its answer "
+                "(-v shows where)",
+            )
+        )
+    return []
 
 
 async def _coverage(env: Mapping[str, str], inventory: Inventory) -> None:

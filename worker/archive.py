@@ -37,6 +37,7 @@ from worker.errors import (
     ConfigError,
     NotFound,
     ObjectExists,
+    SnaparchiveError,
     StoreError,
     StoreIntegrityError,
 )
@@ -48,6 +49,8 @@ T = TypeVar("T")
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
+#: The most bytes of a manifest read: a real one is a few hundred bytes per segment.
+MANIFEST_LIMIT = 1 << 20
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_NAME = re.compile(r"image(\.seg\d{5})?")
 #: Attempts per S3 call, first one included (botocore ``standard`` mode backs off up to 20 s).
@@ -154,20 +157,145 @@ class Manifest:
         return json.dumps(data, indent=2, sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes, key: str = "manifest") -> Manifest:
-        """Parse :meth:`to_json` output.
+    def from_json(cls, raw: bytes, key: str) -> Manifest:
+        """Parse and check :meth:`to_json` output read from ``key``.
+
+        Parameters:
+          raw: The stored bytes.
+          key: Where they were read: ``.../{provider}/{zone}/{snapshot_id}/manifest.json``.
+
+        A manifest is trusted only when it is exactly what a commit writes: a known
+        ``format``; every field present, of its type, and no other; the ``provider``,
+        ``zone`` and ``snapshot_id`` of its own key; an MD5 of 32 lowercase hex digits;
+        at least one object, each under the manifest's own folder and named as
+        :meth:`ArchiveStore.image_key` names it, in order, with a positive size, a
+        non-empty ETag and the offset where the one before it ended; the sizes adding
+        up to ``size``. Restore reads the keys a manifest lists, so one that names
+        another snapshot's (or another tenant's) objects is refused, not followed.
 
         Raises:
-          StoreIntegrityError: When ``raw`` is not a manifest of a known format.
+          StoreIntegrityError: Naming ``key`` and the first problem found.
         """
         try:
-            data = json.loads(raw)
-            if data.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"unknown format {data.get('format')!r}")
-            objects = tuple(ArchivedObject(**item) for item in data.pop("segments"))
-            return cls(objects=objects, **data)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return cls._parse(raw, key)
+        except _Invalid as exc:
             raise StoreIntegrityError(f"malformed manifest {key}: {exc}") from None
+
+    @classmethod
+    def _parse(cls, raw: bytes, key: str) -> Manifest:
+        folder, _, name = key.rpartition("/")
+        path = folder.split("/")
+        if name != MANIFEST_NAME or len(path) < 3:
+            raise _Invalid(f"the key does not end in PROVIDER/ZONE/SNAPSHOT/{MANIFEST_NAME}")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise _Invalid("not JSON") from None
+        if not isinstance(data, dict):
+            raise _Invalid("not a JSON object")
+        if type(data.get("format")) is not int or data["format"] != MANIFEST_FORMAT:
+            raise _Invalid(f"unknown format {_shown(data.get('format'))}")
+        missing = sorted(_MANIFEST_FIELDS.keys() - data.keys())
+        if missing:
+            raise _Invalid(f"no {missing[0]!r}")
+        unknown = sorted(data.keys() - _MANIFEST_FIELDS.keys())
+        if unknown:
+            raise _Invalid(f"unknown field {_shown(unknown[0])}")
+        for field_name, kind in _MANIFEST_FIELDS.items():
+            _check_type(field_name, data[field_name], kind)
+        for field_name, expected in zip(_KEY_FIELDS, path[-3:], strict=True):
+            if data[field_name] != expected:
+                raise _Invalid(
+                    f"{field_name} {_shown(data[field_name])} is not its key's {expected!r}"
+                )
+        if not _MD5_HEX.fullmatch(data["md5"]):
+            raise _Invalid(f"md5 {_shown(data['md5'])} is not 32 lowercase hex digits")
+        for field_name in ("size", "part_size"):
+            if data[field_name] <= 0:
+                raise _Invalid(f"{field_name} {_shown(data[field_name])} is not positive")
+        segments = data.pop("segments")
+        if not segments:
+            raise _Invalid("no segments")
+        objects: list[ArchivedObject] = []
+        stored = 0
+        for n, item in enumerate(segments):
+            expected_key = image_name(n, len(segments), f"{folder}/")
+            objects.append(_segment(item, n, expected_key, stored))
+            stored += objects[-1].size
+        if stored != data["size"]:
+            raise _Invalid(f"segments add up to {stored} bytes, size is {data['size']}")
+        return cls(objects=tuple(objects), **data)
+
+
+class _Invalid(ValueError):
+    """The first problem :meth:`Manifest.from_json` found."""
+
+
+#: Every field of a stored manifest and its JSON type(s).
+_MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "format": int,
+    "provider": str,
+    "zone": str,
+    "snapshot_id": str,
+    "snapshot_name": str,
+    "instance_id": (str, type(None)),
+    "created_at": (str, type(None)),
+    "size": int,
+    "md5": str,
+    "part_size": int,
+    "segments": list,
+    "tool_version": str,
+    "archived_at": str,
+}
+#: The fields a manifest's key path names, in path order.
+_KEY_FIELDS = ("provider", "zone", "snapshot_id")
+_SEGMENT_FIELDS: dict[str, type] = {"key": str, "size": int, "etag": str, "offset": int}
+
+
+def _check_type(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    # JSON true is an int to Python, but never a size or a format.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise _Invalid(f"{name} is a {type(value).__name__}, not {_type_names(kind)}")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: a hostile manifest's strings may be long."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def _segment(item: Any, n: int, expected_key: str, offset: int) -> ArchivedObject:
+    """Return segment ``n`` as an :class:`ArchivedObject`, checked."""
+    if not isinstance(item, dict):
+        raise _Invalid(f"segment {n} is a {type(item).__name__}, not an object")
+    missing = sorted(_SEGMENT_FIELDS.keys() - item.keys())
+    if missing:
+        raise _Invalid(f"segment {n} has no {missing[0]!r}")
+    unknown = sorted(item.keys() - _SEGMENT_FIELDS.keys())
+    if unknown:
+        raise _Invalid(f"segment {n} has unknown field {_shown(unknown[0])}")
+    for name, kind in _SEGMENT_FIELDS.items():
+        _check_type(f"segment {n} {name}", item[name], kind)
+    if item["key"] != expected_key:
+        raise _Invalid(f"segment {n} key {_shown(item['key'])} is not {expected_key!r}")
+    if item["size"] <= 0:
+        raise _Invalid(f"segment {n} size {_shown(item['size'])} is not positive")
+    if not item["etag"]:
+        raise _Invalid(f"segment {n} has an empty etag")
+    if item["offset"] != offset:
+        raise _Invalid(f"segment {n} offset {_shown(item['offset'])} is not {offset}")
+    return ArchivedObject(**item)
+
+
+def image_name(segment: int, segments: int, folder: str = "") -> str:
+    """Return the key of image object ``segment`` (from 0) of ``segments`` in ``folder``:
+    ``image`` when there is one, else ``image.seg00000``, ``image.seg00001``, ..."""
+    return f"{folder}image" if segments == 1 else f"{folder}image.seg{segment:05d}"
 
 
 @dataclass(frozen=True)
@@ -194,6 +322,16 @@ class ArchiveResult:
             size=int(data["size"]),
             objects=[ArchivedObject(**item) for item in data["objects"]],
         )
+
+
+@dataclass
+class ArchiveScan:
+    """What :meth:`ArchiveStore.scan_archives` found: ``archived``, the ``(provider, zone,
+    snapshot_id)`` of every archive with a valid manifest, and ``refused``, one line per
+    manifest that is not valid (not counted)."""
+
+    archived: set[tuple[str, str, str]] = field(default_factory=set)
+    refused: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -272,6 +410,29 @@ def _unquote(etag: str) -> str:
     return etag.strip('"')
 
 
+def _stored_length(answer: dict[str, Any]) -> int | None:
+    """Return the whole object's length as a ranged GetObject states it: the total of
+    ``Content-Range`` (206), else ``Content-Length`` (a store that ignored the range)."""
+    content_range = str(answer.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    length = answer.get("ContentLength")
+    return int(length) if isinstance(length, int) else None
+
+
+def _read_at_most(body: Any, limit: int) -> bytes | None:
+    """Read ``body`` to its end; ``None`` as soon as it proves longer than ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := body.read(min(limit + 1 - size, 64 << 10)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+    return b"".join(chunks)
+
+
 class ArchiveStore:
     """Archive objects, manifests and multipart uploads in one bucket.
 
@@ -342,8 +503,7 @@ class ArchiveStore:
     ) -> str:
         """Return the key of image object ``segment`` (from 0) of ``segments``: ``image``
         when there is one, else ``image.seg00000``, ``image.seg00001``, ..."""
-        base = self.archive_prefix(provider, zone, snapshot_id) + "image"
-        return base if segments == 1 else f"{base}.seg{segment:05d}"
+        return image_name(segment, segments, self.archive_prefix(provider, zone, snapshot_id))
 
     # -- multipart -------------------------------------------------------------------------
 
@@ -514,22 +674,68 @@ class ArchiveStore:
         return key
 
     async def read_manifest(self, key: str) -> Manifest:
-        """Return the manifest stored at ``key``.
+        """Return the manifest stored at ``key``, checked by :meth:`Manifest.from_json`.
+
+        Only a manifest key (``{prefix}{provider}/{zone}/{snapshot_id}/manifest.json``) is
+        read, and only its first :data:`MANIFEST_LIMIT` bytes are asked for (a Range
+        request); an object longer than that is refused by its stated length, unread.
+        An image key passed by mistake never pulls an image into memory.
 
         Raises:
           NotFound: When there is no object at ``key``.
-          StoreIntegrityError: When it is not a manifest.
+          StoreIntegrityError: When ``key`` is not a manifest key, or the object is not a
+            valid manifest (too long, empty, malformed).
+          StoreError: When the store fails.
         """
+        if self._manifest_key_parts(key) is None:
+            raise StoreIntegrityError(
+                f"not a manifest key: {_shown(key)} (expected "
+                f"{self.prefix}PROVIDER/ZONE/SNAPSHOT/{MANIFEST_NAME})"
+            )
         try:
             answer = await self._call(
-                "GetObject", self.client.get_object, Bucket=self.bucket, Key=key
+                "GetObject",
+                self.client.get_object,
+                Bucket=self.bucket,
+                Key=key,
+                Range=f"bytes=0-{MANIFEST_LIMIT}",
             )
-            raw = await self._call("GetObject", answer["Body"].read)
         except ClientError as exc:
-            if _code(exc)[0] in ("NoSuchKey", "404"):
+            code = _code(exc)[0]
+            if code in ("NoSuchKey", "404"):
                 raise NotFound(f"no manifest at {key}", 404) from None
+            if code == "InvalidRange":  # what S3 answers for any range of an empty object
+                raise StoreIntegrityError(f"malformed manifest {key}: empty object") from None
             raise self._error("GetObject", exc) from None
+        body = answer["Body"]
+        try:
+            stored = _stored_length(answer)
+            if stored is not None and stored > MANIFEST_LIMIT:
+                raise StoreIntegrityError(
+                    f"malformed manifest {key}: {stored} bytes, a manifest is at most "
+                    f"{MANIFEST_LIMIT}"
+                )
+            raw = await self._call("GetObject", _read_at_most, body=body, limit=MANIFEST_LIMIT)
+        finally:
+            # Closing a body not read to its end drops the connection: no more bytes come.
+            body.close()
+        if raw is None:
+            raise StoreIntegrityError(
+                f"malformed manifest {key}: longer than a manifest's {MANIFEST_LIMIT} bytes"
+            )
         return Manifest.from_json(raw, key)
+
+    def _manifest_key_parts(self, key: str) -> tuple[str, str, str] | None:
+        """Return ``(provider, zone, snapshot_id)`` of a manifest key of this store, or
+        ``None`` when ``key`` is not one."""
+        if not key.startswith(self.prefix):
+            return None
+        parts = key[len(self.prefix) :].split("/")
+        if len(parts) != 4 or parts[3] != MANIFEST_NAME:
+            return None
+        if any(not part or part in (".", "..") for part in parts[:3]):
+            return None
+        return parts[0], parts[1], parts[2]
 
     def result_from_manifest(self, manifest: Manifest) -> ArchiveResult:
         """Return the :class:`ArchiveResult` a stored ``manifest`` describes."""
@@ -567,14 +773,48 @@ class ArchiveStore:
         under an archive's ``prefix``; anything else there is not the transfer's."""
         return [k for k in await self.list_keys(prefix) if _IMAGE_NAME.fullmatch(k[len(prefix) :])]
 
-    async def archived_snapshots(self) -> set[tuple[str, str, str]]:
-        """Return ``(provider, zone, snapshot_id)`` of every archive with a manifest."""
-        found: set[tuple[str, str, str]] = set()
-        for key in await self.list_keys(self.prefix):
-            parts = key[len(self.prefix) :].split("/")
-            if len(parts) == 4 and parts[3] == MANIFEST_NAME:
-                found.add((parts[0], parts[1], parts[2]))
-        return found
+    async def archived_snapshots(self, concurrency: int = 8) -> set[tuple[str, str, str]]:
+        """Return ``(provider, zone, snapshot_id)`` of every archive whose manifest is valid
+        (see :meth:`scan_archives`)."""
+        return (await self.scan_archives(concurrency)).archived
+
+    async def scan_archives(self, concurrency: int = 8) -> ArchiveScan:
+        """Read and check every manifest under the store's prefix.
+
+        A manifest key is only a claim: the archive counts when its manifest reads back
+        valid (:meth:`read_manifest`). Manifests are read ``concurrency`` at a time
+        (default 8; the store's threads bound it too); one deleted meanwhile is skipped.
+
+        Raises:
+          StoreError: When the store fails (the scan stops at the first failure).
+        """
+        keys = iter(
+            [key for key in await self.list_keys(self.prefix) if self._manifest_key_parts(key)]
+        )
+        scan = ArchiveScan()
+        failures: list[SnaparchiveError] = []
+
+        async def reader() -> None:
+            for key in keys:  # one iterator shared by every reader: each key is read once
+                if failures:
+                    return
+                try:
+                    manifest = await self.read_manifest(key)
+                except NotFound:
+                    continue
+                except StoreIntegrityError as exc:
+                    scan.refused.append(str(exc))
+                    continue
+                except SnaparchiveError as exc:
+                    failures.append(exc)
+                    return
+                scan.archived.add((manifest.provider, manifest.zone, manifest.snapshot_id))
+
+        await asyncio.gather(*(reader() for _ in range(max(1, concurrency))))
+        if failures:
+            raise failures[0]
+        scan.refused.sort()
+        return scan
 
     async def _write_once(
         self,

@@ -37,7 +37,7 @@ def _manifest(snapshot_id="snap-1", zone="ch-gva-2"):
         size=3,
         md5=hashlib.md5(b"abc").hexdigest(),
         part_size=5 * MiB,
-        objects=(ArchivedObject("k/image", 3, "e-1", 0),),
+        objects=(ArchivedObject(f"snaparchive/exoscale/{zone}/{snapshot_id}/image", 3, "e-1", 0),),
         tool_version=__version__,
         archived_at="2026-11-02T00:00:00Z",
     )
@@ -87,12 +87,12 @@ async def test_manifest_is_written_once_and_found(store):
     }
     result = store.result_from_manifest(_manifest())
     assert result.manifest_key == key and result.bucket == store.bucket
-    assert result.to_dict()["objects"][0]["key"] == "k/image"
+    assert result.to_dict()["objects"][0]["key"] == "snaparchive/exoscale/ch-gva-2/snap-1/image"
 
 
 async def test_missing_and_malformed_manifests(store, s3_settings):
     with pytest.raises(NotFound):
-        await store.read_manifest("snaparchive/nothing/manifest.json")
+        await store.read_manifest("snaparchive/exoscale/ch-gva-2/nothing/manifest.json")
     key = "snaparchive/exoscale/ch-gva-2/bad/manifest.json"
     store.client.put_object(Bucket=s3_settings.bucket, Key=key, Body=b"{not json")
     with pytest.raises(StoreIntegrityError, match="malformed manifest"):

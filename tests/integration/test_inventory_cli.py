@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
-
 from tests.fakes.genesiscloud import FakeGenesisCloud
 from tests.fakes.instavm import FakeInstaVM
+from tests.fixtures.manifests import put_manifest
 from worker.providers import cli
 
 REQUIRED = {"provider", "region", "id", "name", "status", "size_bytes", "created_at", "archived"}
@@ -42,10 +41,10 @@ def test_json_records_with_coverage(
 ) -> None:
     done, todo = genesis_api.add(size=10), genesis_api.add()
     vm = instavm_api.add(size_bytes=12345)
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").put_object(
-        Bucket=s3_bucket,
-        Key=f"snaparchive/genesiscloud/NORD-NO-KRS-1/{done['id']}/manifest.json",
-        Body=b"{}",
+    put_manifest(
+        moto_endpoint,
+        s3_bucket,
+        f"snaparchive/genesiscloud/NORD-NO-KRS-1/{done['id']}/manifest.json",
     )
     env = {
         **env_for(genesis_api, instavm_api),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import boto3
 import pytest
 
 from tests.fakes.gcore import FakeGcore
 from tests.fakes.genesiscloud import FakeGenesisCloud
 from tests.fakes.instavm import FakeInstaVM
+from tests.fixtures.manifests import put_manifest, put_object
 from worker.providers.inventory import UsageError, collect
 from worker.retry import RetryPolicy
 from worker.settings import EXOSCALE_ZONES
@@ -33,8 +33,10 @@ def cloud_env(genesis: FakeGenesisCloud, gcore: FakeGcore, instavm: FakeInstaVM)
 
 
 def put(endpoint: str, bucket: str, key: str) -> None:
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
+    if key.endswith("/manifest.json"):
+        put_manifest(endpoint, bucket, key)
+    else:
+        put_object(endpoint, bucket, key, b"image bytes")
 
 
 async def test_archived_column_follows_the_manifests(

@@ -4,12 +4,19 @@
 With ``--output -`` the bytes go to stdout as they are read, so a mismatch can only be
 reported at the end (exit status 1); ``--output PATH`` renames the file into place only
 after the whole image verified.
+
+Exit status: 0 restored (or verified); 1 the archive is missing, invalid or unreadable,
+or the image cannot be written (one line naming the object or the file); 2 usage errors,
+among them an ``--output`` that cannot be a file (a directory, a device, a path whose
+directory does not exist), found before anything is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -17,7 +24,7 @@ from worker.archive import ArchiveStore, Manifest, s3_client
 from worker.commands import args as types
 from worker.errors import NotFound
 from worker.progress import ProgressDisplay
-from worker.restore import restore_to_file, stream_archive
+from worker.restore import OutputError, restore_to_file, stream_archive
 from worker.settings import Settings, load
 from worker.units import format_size
 
@@ -28,6 +35,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", "-o", metavar="PATH", help="write the image here (- stdout)")
     target.add_argument("--verify", action="store_true", help="only read and verify")
+
+
+def output_problem(text: str) -> str | None:
+    """Return why ``text`` cannot be the path of the restored image, or ``None``.
+
+    The image is written beside it and renamed over it, so it must name a file (new, or a
+    regular file to replace) in an existing directory we may write in.
+    """
+    path = Path(text)
+    if text.endswith("/") or path.name in ("", ".", "..") or path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    if not parent.exists():
+        return f"directory {parent} does not exist"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create files in {parent}"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (write to a device or pipe with --output -)"
+    return None
 
 
 def _manifest(settings: Settings, zone: str, snapshot_id: str) -> Manifest | None:
@@ -42,6 +76,11 @@ def _manifest(settings: Settings, zone: str, snapshot_id: str) -> Manifest | Non
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output not in (None, "-"):
+        problem = output_problem(args.output)
+        if problem:
+            print(f"snaparchive: error: --output {args.output}: {problem}", file=sys.stderr)
+            return 2
     settings = load()
     settings.s3.require_bucket()
     manifest = _manifest(settings, args.zone, args.snapshot_id)
@@ -56,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
         if args.verify:
             md5 = stream_archive(client, settings.s3.bucket, manifest, None, display.update)
         elif args.output == "-":
-            md5 = stream_archive(
-                client, settings.s3.bucket, manifest, sys.stdout.buffer, display.update
-            )
+            md5 = _to_stdout(client, settings.s3.bucket, manifest, display)
         else:
             md5 = restore_to_file(
                 client, settings.s3.bucket, manifest, Path(args.output), display.update
@@ -71,3 +108,24 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _to_stdout(client: object, bucket: str, manifest: Manifest, display: ProgressDisplay) -> str:
+    try:
+        md5 = stream_archive(client, bucket, manifest, sys.stdout.buffer, display.update, "stdout")
+        sys.stdout.buffer.flush()
+    except OSError as exc:
+        _drop_stdout()
+        raise OutputError(f"cannot write stdout: {exc.strerror or exc}") from None
+    except OutputError:
+        _drop_stdout()
+        raise
+    return md5
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: a reader that went away (``| head``) would make the
+    interpreter's last flush print a traceback of its own."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -16,6 +16,9 @@ from typing import Any, ClassVar
 from worker.errors import BadResponse, ConfigError
 from worker.retry import RetryPolicy
 
+#: The largest size believed, in bytes (8 EiB): more is a malformed answer, not a disk.
+MAX_SIZE = (1 << 63) - 1
+
 #: The common statuses: usable, being made, being exported, going away, broken, anything else.
 STATUSES = ("ready", "creating", "exporting", "deleting", "error", "other")
 
@@ -115,6 +118,25 @@ class Fields:
         if self.data.get(name) is None:
             return None
         return self._typed(name, kind)
+
+    def text(self, name: str) -> str:
+        """Return field ``name``, which must be a non-empty string (an id, a region)."""
+        value = self.required(name, str)
+        if not value:
+            raise BadResponse(f"{self.provider}: {self.what} has an empty {name!r}")
+        return value
+
+    def size(self, name: str, unit: int = 1) -> int | None:
+        """Return field ``name``, a whole number of ``unit`` bytes, as bytes (``None`` when
+        absent or null). Negative sizes and sizes past :data:`MAX_SIZE` bytes are errors."""
+        value = self.optional(name, int)
+        if value is None:
+            return None
+        if value < 0:
+            raise BadResponse(f"{self.provider}: {self.what} has a negative {name!r}")
+        if value * unit > MAX_SIZE:
+            raise BadResponse(f"{self.provider}: {self.what} has {name!r} out of range")
+        return value * unit
 
     def timestamp(self, name: str) -> datetime | None:
         """Return field ``name`` as an ISO 8601 date-time (naive taken as UTC), or ``None``."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 
 from worker.exoscale import ExoscaleClient
 from worker.models import Snapshot
@@ -27,23 +26,25 @@ STATUS_MAP = {
 
 
 def record(zone: str, snapshot: Snapshot) -> SnapshotRecord:
-    """Return the common record of an Exoscale snapshot of ``zone``."""
+    """Return the common record of an Exoscale snapshot of ``zone``.
+
+    :class:`~worker.models.Snapshot` reads leniently what a job needs; the fields shown here
+    are checked again on its raw record (an empty id, a size that is not a whole number of
+    GiB, or past any disk, is a malformed answer).
+    """
+    fields = Fields(Exoscale.name, snapshot.raw, f"snapshot {snapshot.id or '(no id)'}")
     return SnapshotRecord(
         provider=Exoscale.name,
         region=zone,
-        id=snapshot.id,
+        id=fields.text("id"),
         name=snapshot.name,
         status=normalise_status(snapshot.state, STATUS_MAP),
         raw_status=snapshot.state,
-        size_bytes=snapshot.size_gib * GiB if snapshot.size_gib else None,
+        size_bytes=fields.size("size", GiB) or None,  # 0: not known yet
         source_id=snapshot.instance_id,
-        created_at=_timestamp(snapshot),
+        created_at=fields.timestamp("created-at"),
         raw=snapshot.raw,  # without the presigned URL: models.Snapshot strips it
     )
-
-
-def _timestamp(snapshot: Snapshot) -> datetime | None:
-    return Fields(Exoscale.name, snapshot.raw, f"snapshot {snapshot.id}").timestamp("created-at")
 
 
 class Exoscale(Provider):

@@ -161,15 +161,14 @@ class Gcore(Provider):
     def _record(self, item: Any, what: str, region: str) -> SnapshotRecord:
         fields = Fields(self.name, item, what)
         status = fields.optional("status", str)
-        size_gib = fields.optional("size", int)
         return SnapshotRecord(
             provider=self.name,
             region=region,
-            id=fields.required("id", str),
+            id=fields.text("id"),
             name=fields.optional("name", str) or "",
             status=normalise_status(status, STATUS_MAP),
             raw_status=status,
-            size_bytes=None if size_gib is None else size_gib * GiB,
+            size_bytes=fields.size("size", GiB),
             source_id=fields.optional("volume_id", str),
             created_at=fields.timestamp("created_at"),
             raw=item,

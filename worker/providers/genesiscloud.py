@@ -120,15 +120,14 @@ class GenesisCloud(Provider):
     def _record(self, item: Any, what: str) -> SnapshotRecord:
         fields = Fields(self.name, item, what)
         status = fields.required("status", str)
-        size_gib = fields.optional("size", int)
         return SnapshotRecord(
             provider=self.name,
-            region=fields.required("region", str),
-            id=fields.required("id", str),
+            region=fields.text("region"),
+            id=fields.text("id"),
             name=fields.optional("name", str) or "",
             status=normalise_status(status, STATUS_MAP),
             raw_status=status,
-            size_bytes=None if size_gib is None else size_gib * GiB,
+            size_bytes=fields.size("size", GiB),
             source_id=fields.optional("resource_id", str) or None,
             created_at=fields.timestamp("created_at"),
             raw=item,

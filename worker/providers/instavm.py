@@ -104,11 +104,11 @@ class InstaVM(Provider):
         return SnapshotRecord(
             provider=self.name,
             region=REGION,
-            id=fields.required("id", str),
+            id=fields.text("id"),
             name=fields.optional("name", str) or "",
             status=normalise_status(status, STATUS_MAP),
             raw_status=status,
-            size_bytes=fields.optional("size_bytes", int),
+            size_bytes=fields.size("size_bytes"),
             source_id=fields.optional("source_vm_id", str),
             created_at=fields.timestamp("created_at"),
             raw=item,

@@ -3,12 +3,14 @@
 :func:`collect` asks every provider (each Exoscale zone on its own) at once. A provider
 without its credential variable is skipped with a note; a provider that fails becomes a
 :class:`Failure` while the others' records are kept; the archive manifests say which
-records are archived, or coverage is unknown (``None``) with a note saying why.
+records are archived, or coverage is unknown (``None``) with a note saying why. A
+manifest counts only when it reads back valid; invalid ones are a note.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +25,8 @@ from worker.providers.instavm import InstaVM
 from worker.retry import RetryPolicy
 from worker.settings import S3Settings
 
+log = logging.getLogger(__name__)
+
 #: Every provider adapter, by the name ``--provider`` takes.
 PROVIDERS: dict[str, type[Provider]] = {
     cls.name: cls for cls in (Exoscale, GenesisCloud, Gcore, InstaVM)
@@ -30,6 +34,9 @@ PROVIDERS: dict[str, type[Provider]] = {
 
 
 _NEVER = datetime.min.replace(tzinfo=UTC)
+
+#: Manifests read at once for coverage: each is read and checked, not just listed.
+COVERAGE_READS = 8
 
 
 class UsageError(ConfigError):
@@ -148,7 +155,18 @@ async def _list(
         return await adapter.list_snapshots(region)
     except SnaparchiveError as exc:
         inventory.failures.append(Failure(adapter.name, _named(adapter.name, exc)))
-        return []
+    except Exception as exc:
+        # Whatever else an answer can cause (JSON nested past the recursion limit, ...)
+        # is this provider's failure alone: one line, the others' rows still print.
+        log.info("%s: listing failed", adapter.name, exc_info=True)
+        inventory.failures.append(
+            Failure(
+                adapter.name,
+                f"{adapter.name}: unexpected {type(exc).__name__} reading its answer "
+                "(-v shows where)",
+            )
+        )
+    return []
 
 
 async def _coverage(env: Mapping[str, str], inventory: Inventory) -> None:
@@ -157,8 +175,12 @@ async def _coverage(env: Mapping[str, str], inventory: Inventory) -> None:
         if not s3.bucket:
             inventory.notes.append("archived: unknown, SNAPARCHIVE_S3_BUCKET is not set")
             return
-        async with ArchiveStore(s3, max_workers=1) as store:
-            inventory.archived = await store.archived_snapshots()
+        async with ArchiveStore(s3, max_workers=COVERAGE_READS) as store:
+            scan = await store.scan_archives(COVERAGE_READS)
+        inventory.archived = scan.archived
+        if scan.refused:
+            more = f" (and {len(scan.refused) - 1} more)" if len(scan.refused) > 1 else ""
+            inventory.notes.append(f"archive: not counted as archived: {scan.refused[0]}{more}")
     except SnaparchiveError as exc:
         inventory.failures.append(Failure("archive", _named("archive", exc)))
 

@@ -29,6 +29,8 @@ from tests.integration.pipeline_env import (
     wait_for,
 )
 from tests.integration.test_crash_recovery import own_redis  # noqa: F401  (fixture)
+from worker.simulator import Faults
+from worker.units import MiB
 
 pytestmark = pytest.mark.integration
 
@@ -220,6 +222,91 @@ def test_archive_wait_rides_through_a_redis_restart(
     assert back == f"{ZONE}/{snapshot_id}: the job store answers again"
 
 
+# -- a broker that is down when a job is queued -----------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_a_send_that_fails_leaves_no_claimed_job(env, scheme):
+    snapshot_id = str(uuid.uuid4())
+    down = {**env, "SNAPARCHIVE_BROKER_URL": f"{scheme}://127.0.0.1:{_closed_port()}/0"}
+
+    failed = cli(down, "archive", snapshot_id, "--zone", ZONE)
+
+    assert failed.returncode == 1
+    [line] = _lines(failed.stderr, 1)
+    assert line.startswith(f"snaparchive: error: cannot queue {ZONE}/{snapshot_id}: ")
+    assert status_json(env, snapshot_id) is None  # the claim was undone
+    # The broker is back: the next call queues it.
+    queued = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
+    assert queued.returncode == 0, queued.stderr
+    assert json.loads(queued.stdout)["note"] == "queued"
+    assert [m["args"] for m in _messages(env)] == [[ZONE, snapshot_id]]
+
+
+def test_a_queued_job_without_a_message_is_sent_again(env, client):
+    # A claim whose send never completed (the process died between the two).
+    snapshot_id = str(uuid.uuid4())
+    _write_record(client, env, snapshot_id, _record(snapshot_id))
+
+    again = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
+
+    assert again.returncode == 0, again.stderr
+    body = json.loads(again.stdout)
+    assert body["status"] == "queued"
+    assert body["note"] == "sent again: no message was ever sent for the job (queued)"
+    assert [(m["actor_name"], m["args"]) for m in _messages(env)] == [
+        ("start_export", [ZONE, snapshot_id])
+    ]
+    sent_at = status_json(env, snapshot_id)  # readable, and the send is noted
+    assert sent_at["status"] == "queued"
+    assert json.loads(client.hget(_job_key(env, snapshot_id), "sent_at")) > 0
+
+    # Its message is on its way now: a later call joins the job without sending another.
+    joined = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
+    assert json.loads(joined.stdout)["note"] == "joined the running job (queued)"
+    assert len(_messages(env)) == 1
+
+    # Still queued long after its message: the message may be lost; it is sent again.
+    client.hset(_job_key(env, snapshot_id), "sent_at", json.dumps(time.time() - 3600))
+    late = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
+    assert json.loads(late.stdout)["note"] == "sent again: still queued 10 min after its message"
+    assert len(_messages(env)) == 2
+
+
+# -- a done record whose archive was deleted --------------------------------------------------
+
+
+def test_a_done_job_whose_archive_is_gone_is_archived_again(
+    env, simulator, moto_endpoint, s3_bucket, s3
+):
+    snapshot_id = str(uuid.uuid4())
+    simulator.add_snapshot(snapshot_id, 6 * MiB, zone=ZONE)
+    made = cli(env, "archive", snapshot_id, "--zone", ZONE, "--local", "--json")
+    assert made.returncode == 0, made.stderr
+    manifest = json.loads(made.stdout)["manifest"]
+    assert status_json(env, snapshot_id)["status"] == "done"  # --local used the shared store
+
+    kept = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["note"] == "already archived"
+    assert _messages(env) == []
+
+    s3.delete_object(Bucket=s3_bucket, Key=manifest)
+    again = cli(env, "archive", snapshot_id, "--zone", ZONE, "--json")
+
+    assert again.returncode == 0, again.stderr
+    body = json.loads(again.stdout)
+    assert body["status"] == "queued"
+    assert body["note"] == "its archive is gone from the bucket: archiving it again"
+    assert [m["args"] for m in _messages(env)] == [[ZONE, snapshot_id]]
+    # No worker runs here: a local run joins the queued job and makes the archive again.
+    remade = cli(env, "archive", snapshot_id, "--zone", ZONE, "--local", "--json")
+    assert remade.returncode == 0, remade.stderr
+    assert json.loads(remade.stdout)["manifest"] == manifest
+    s3.head_object(Bucket=s3_bucket, Key=manifest)
+    assert status_json(env, snapshot_id)["status"] == "done"
+
+
 # -- archive --local in the shared store; gc and leases ---------------------------------------
 
 
@@ -251,3 +338,37 @@ def test_gc_keeps_an_upload_whose_archive_is_leased(env, client, s3, s3_bucket):
     swept = cli(env, "gc", "--older-than", "0")
     assert "aborted" in _gc_line(swept.stdout, snapshot_id)
     assert not s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
+
+
+def test_a_local_run_shows_in_status_and_holds_the_lease(env, client, simulator, tmp_path):
+    snapshot_id = str(uuid.uuid4())
+    simulator.add_snapshot(snapshot_id, 12 * MiB, zone=ZONE, state="exported")
+    simulator.set_faults(Faults(slow_rate=4 * MiB), snapshot_id=snapshot_id)
+    lease = f"{env['SNAPARCHIVE_QUEUE']}:lease:{ZONE}:{snapshot_id}"
+    args = ("archive", snapshot_id, "--zone", ZONE, "--local", "--json")
+    with _background(env, tmp_path, *args) as run:
+        wait_for(lambda: client.exists(lease) or run.process.poll() is not None, timeout=60)
+        assert client.pttl(lease) > 0, run.stderr()
+        seen = status_json(env, snapshot_id)
+        assert seen["status"] in ("transferring", "done")
+        code = run.process.wait(timeout=120)
+        out = run.process.stdout.read()
+    assert code == 0, run.stderr()
+    assert json.loads(out)["status"] == "done"
+    assert status_json(env, snapshot_id)["status"] == "done"
+    assert not client.exists(lease)  # released at the end
+
+
+def test_a_local_run_without_redis_says_so_once(env, simulator):
+    snapshot_id = str(uuid.uuid4())
+    simulator.add_snapshot(snapshot_id, 6 * MiB, zone=ZONE)
+    alone = {**env, "SNAPARCHIVE_REDIS_URL": f"redis://127.0.0.1:{_closed_port()}/0"}
+
+    done = cli(alone, "archive", snapshot_id, "--zone", ZONE, "--local", "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "done"
+    assert "Traceback" not in done.stderr
+    [warning] = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert warning.startswith("snaparchive: warning: the job store (SNAPARCHIVE_REDIS_URL)")
+    assert "no lease protects this run" in warning

@@ -2,7 +2,15 @@
 
 Jobs are keyed by (zone, snapshot id): at most one active job per snapshot. The Redis
 store is shared by every worker, so ``snaparchive status`` works from any machine;
-the memory store serves ``snaparchive archive --local``, which needs no Redis.
+``snaparchive archive --local`` uses it too when Redis answers, and the memory store
+otherwise (and in ``snaparchive demo``).
+
+A record is written whole by :meth:`RedisJobStore.claim` only; :meth:`RedisJobStore.update`
+changes the fields of a record that exists and never creates one (after a Redis restart without
+persistence, progress written by a running transfer must not leave a partial record). A record
+that cannot be read (fields missing, values that are not JSON or not of their type) is reported,
+not raised: :meth:`RedisJobStore.get` returns it with the step :data:`UNREADABLE` and the reason
+in ``error``, and the next claim replaces it.
 
 Redis layout (``{ns}`` defaults to ``snaparchive``):
   ``{ns}:job:{zone}:{id}``         hash of JSON-encoded :class:`JobRecord` fields
@@ -15,12 +23,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from worker.errors import SnaparchiveError
 from worker.settings import EXOSCALE_ZONES, Settings
 
 #: What a job store call raises while the store is unreachable (restarting, failing over, the
@@ -33,7 +43,10 @@ STORE_UNREACHABLE: tuple[type[Exception], ...] = (
 
 #: Steps of a job. The last three are terminal.
 STEPS = ("queued", "exporting", "awaiting-export", "transferring", "done", "failed", "cancelled")
-TERMINAL = ("done", "failed", "cancelled")
+#: The step of a record the store cannot read: no job takes it. It counts as terminal, so no
+#: step works on such a job (a message for it is dropped) and a new claim replaces it.
+UNREADABLE = "unreadable"
+TERMINAL = ("done", "failed", "cancelled", UNREADABLE)
 
 
 @dataclass
@@ -50,6 +63,8 @@ class JobRecord:
       result: The archive (bucket, manifest key, md5, size, objects) once done.
       error: Why the job failed, in one line.
       cancel_requested: An operator asked the job to stop.
+      sent_at: When the job's first message was handed to the broker (``None``: never, as
+        for a send that failed or an ``archive --local`` run).
     """
 
     zone: str
@@ -64,6 +79,7 @@ class JobRecord:
     result: dict[str, Any] | None = None
     error: str | None = None
     cancel_requested: bool = False
+    sent_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -87,17 +103,144 @@ def _new_record(zone: str, snapshot_id: str) -> JobRecord:
     return JobRecord(zone=zone, snapshot_id=snapshot_id, created_at=now, updated_at=now)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _result(value: Any) -> bool:
+    """The shape ``status`` and ``archive`` print from: see :func:`jobs.steps.summary`."""
+    if not isinstance(value, dict):
+        return False
+    keys_ok = all(isinstance(value.get(k), str) for k in ("bucket", "manifest", "md5"))
+    objects = value.get("objects")
+    return (
+        keys_ok
+        and _count(value.get("size"))
+        and isinstance(objects, list)
+        and all(isinstance(o, dict) and isinstance(o.get("key"), str) for o in objects)
+        and all(_count(o.get("size")) for o in objects)
+    )
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _string(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+#: What each field of a stored record must hold to be read.
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "zone": _string,
+    "snapshot_id": _string,
+    "step": lambda value: value in STEPS,
+    "created_at": _number,
+    "updated_at": _number,
+    "operation_id": _optional(_string),
+    "wait_started_at": _optional(_number),
+    "bytes_done": _count,
+    "bytes_total": _optional(_count),
+    "result": _optional(_result),
+    "error": _optional(_string),
+    "cancel_requested": lambda value: isinstance(value, bool),
+    "sent_at": _optional(_number),
+}
+#: Fields a record cannot do without; the others have defaults (records written before a
+#: field existed lack it).
+_REQUIRED = ("zone", "snapshot_id", "step", "updated_at")
+
+
+def _parse(zone: str, snapshot_id: str, data: dict[bytes, bytes]) -> JobRecord:
+    """The record a job hash holds, or an :data:`UNREADABLE` one naming what is wrong.
+
+    The reason names fields only, never their values (they are not ours to print).
+    """
+    values: dict[str, Any] = {}
+    invalid: list[str] = []
+    for raw_name, raw_value in data.items():
+        name = raw_name.decode(errors="replace")
+        check = _CHECKS.get(name)
+        if check is None:
+            continue  # a field of a newer version
+        try:
+            value = json.loads(raw_value)
+        except ValueError:  # not JSON, or not text at all
+            invalid.append(name)
+            continue
+        if not check(value):
+            invalid.append(name)
+            continue
+        values[name] = value
+    for name, expected in (("zone", zone), ("snapshot_id", snapshot_id)):
+        if name in values and values[name] != expected:
+            del values[name]
+            invalid.append(name)
+    missing = [name for name in _REQUIRED if name not in values and name not in invalid]
+    if not missing and not invalid:
+        return JobRecord.from_fields(values)
+    problems = []
+    if missing:
+        problems.append("missing " + ", ".join(missing))
+    if invalid:
+        problems.append("invalid " + ", ".join(sorted(invalid)))
+    return JobRecord(
+        zone=zone,
+        snapshot_id=snapshot_id,
+        step=UNREADABLE,
+        created_at=values.get("created_at", 0.0),
+        updated_at=values.get("updated_at", 0.0),
+        error=f"unreadable job record ({'; '.join(problems)}); archiving it again replaces it",
+    )
+
+
 # Creates the job unless an active or finished one exists: the atomic "one job per snapshot".
-# A failed or cancelled job is replaced by a new one. Returns the existing step, or nil.
+# A failed or cancelled job is replaced by a new one, and so is a hash with no step (what is
+# left of a record by a writer from before updates were guarded). ARGV[3] = '1' replaces a done
+# job too (its archive is gone from the bucket). ARGV[4] = '1' replaces a record whose step and
+# updated_at are still ARGV[5] and ARGV[6]: an unreadable record, untouched since it was read.
+# Returns the existing step, or nil when the job was created.
 _CLAIM = """
 local step = redis.call('HGET', KEYS[1], 'step')
-if step and step ~= '"failed"' and step ~= '"cancelled"' then
+local replace = (not step) or step == '"failed"' or step == '"cancelled"'
+  or (ARGV[3] == '1' and step == '"done"')
+if not replace and ARGV[4] == '1' and step == ARGV[5] then
+  replace = (redis.call('HGET', KEYS[1], 'updated_at') or '') == ARGV[6]
+end
+if not replace then
   return step
 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 return false
+"""
+
+# Sets fields of a job only if its record exists: a write after the record was lost (a Redis
+# restart without persistence, a delete) must not leave a partial one behind.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+# Deletes a job just claimed, only if it is still queued and untouched since (ARGV[1] is the
+# updated_at the claim wrote): undoes a claim whose message could not be sent.
+_DISCARD = """
+if redis.call('HGET', KEYS[1], 'step') == '"queued"'
+    and redis.call('HGET', KEYS[1], 'updated_at') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
 """
 
 # Renews or releases a lease only if this worker still owns it.
@@ -122,6 +265,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+#: Claims tried before giving up on a record that changes under each one.
+_CLAIM_ATTEMPTS = 3
+
+
+def _flat(values: dict[str, Any]) -> list[str]:
+    """``[name, json, name, json, ...]``: the fields of a record as Redis stores them."""
+    flat: list[str] = []
+    for name, value in values.items():
+        flat += [name, json.dumps(value)]
+    return flat
 
 
 class RedisJobStore:
@@ -154,54 +308,104 @@ class RedisJobStore:
     def _key(self, kind: str, zone: str, snapshot_id: str) -> str:
         return f"{self.ns}:{kind}:{zone}:{snapshot_id}"
 
-    async def claim(self, zone: str, snapshot_id: str) -> tuple[JobRecord, bool]:
+    async def claim(
+        self, zone: str, snapshot_id: str, *, replace_done: bool = False
+    ) -> tuple[JobRecord, bool]:
         """Create the job of a snapshot, or return the one that exists.
 
+        A failed, cancelled or :data:`UNREADABLE` job is replaced by a new one.
+
+        Parameters:
+          zone, snapshot_id: The job.
+          replace_done: Replace a done job too (its archive is gone from the bucket).
+
         Returns:
-          The record, and whether it was created now (``False``: an active job was joined, or
-          the snapshot's job is already done).
+          The record, and whether it was created now (``False``: an active job was joined, the
+          snapshot's job is already done, or its record stayed unreadable through every try).
         """
-        record = _new_record(zone, snapshot_id)
-        flat: list[str] = []
-        for name, value in record.to_dict().items():
-            flat += [name, json.dumps(value)]
-        existing = await self.redis.eval(
-            _CLAIM,
-            2,
-            self._key("job", zone, snapshot_id),
-            f"{self.ns}:jobs",
-            str(record.updated_at),
-            record.key,
-            *flat,
-        )
-        if existing is None:
-            await self.clear_checkpoint(zone, snapshot_id)
-            return record, True
-        found = await self.get(zone, snapshot_id)
-        assert found is not None
+        stale: list[str | bytes] = ["0", "", ""]
+        found: JobRecord | None = None
+        for _ in range(_CLAIM_ATTEMPTS):
+            record = _new_record(zone, snapshot_id)
+            existing = await self.redis.eval(
+                _CLAIM,
+                2,
+                self._key("job", zone, snapshot_id),
+                f"{self.ns}:jobs",
+                repr(record.updated_at),
+                record.key,
+                "1" if replace_done else "0",
+                *stale,
+                *_flat(record.to_dict()),
+            )
+            if existing is None:
+                await self.clear_checkpoint(zone, snapshot_id)
+                return record, True
+            found, raw = await self._read(zone, snapshot_id)
+            if found is not None and found.step != UNREADABLE:
+                return found, False
+            # Gone meanwhile, or unreadable: claim again, replacing what was read if unchanged.
+            stale = ["1", raw.get(b"step", b""), raw.get(b"updated_at", b"")]
+        if found is None:
+            raise SnaparchiveError(f"the job record of {zone}/{snapshot_id} keeps vanishing")
         return found, False
 
-    async def get(self, zone: str, snapshot_id: str) -> JobRecord | None:
+    async def discard(self, record: JobRecord) -> bool:
+        """Delete a job just claimed, only if it is still queued and nobody changed it since.
+
+        Returns:
+          Whether it was deleted.
+        """
+        return bool(
+            await self.redis.eval(
+                _DISCARD,
+                2,
+                self._key("job", record.zone, record.snapshot_id),
+                f"{self.ns}:jobs",
+                json.dumps(record.updated_at),
+                record.key,
+            )
+        )
+
+    async def _read(
+        self, zone: str, snapshot_id: str
+    ) -> tuple[JobRecord | None, dict[bytes, bytes]]:
         data = await self.redis.hgetall(self._key("job", zone, snapshot_id))
         if not data:
-            return None
-        return JobRecord.from_fields({k.decode(): json.loads(v) for k, v in data.items()})
+            return None, {}
+        return _parse(zone, snapshot_id, data), data
 
-    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> None:
-        """Set some fields of a job (and its ``updated_at``)."""
+    async def get(self, zone: str, snapshot_id: str) -> JobRecord | None:
+        """The job's record; ``None`` when there is none; an :data:`UNREADABLE` record (the
+        reason in ``error``) when the stored one cannot be read."""
+        return (await self._read(zone, snapshot_id))[0]
+
+    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> bool:
+        """Set some fields of a job (and its ``updated_at``), if its record exists.
+
+        Returns:
+          Whether the record exists (``False``: nothing was written; the record is gone, as
+          after a Redis restart without persistence, and no partial one is left in its place).
+        """
         changes["updated_at"] = time.time()
-        await self.redis.hset(
-            self._key("job", zone, snapshot_id),
-            mapping={k: json.dumps(v) for k, v in changes.items()},
+        return bool(
+            await self.redis.eval(
+                _UPDATE,
+                2,
+                self._key("job", zone, snapshot_id),
+                f"{self.ns}:jobs",
+                repr(changes["updated_at"]),
+                f"{zone}:{snapshot_id}",
+                *_flat(changes),
+            )
         )
-        await self.redis.zadd(f"{self.ns}:jobs", {f"{zone}:{snapshot_id}": changes["updated_at"]})
 
     async def list(self, limit: int = 100) -> list[JobRecord]:
-        """Return the most recently updated jobs, newest first."""
+        """Return the most recently updated jobs, newest first (unreadable ones included)."""
         members = await self.redis.zrevrange(f"{self.ns}:jobs", 0, limit - 1)
         records = []
         for member in members:
-            zone, _, snapshot_id = member.decode().partition(":")
+            zone, _, snapshot_id = member.decode(errors="replace").partition(":")
             record = await self.get(zone, snapshot_id)
             if record is not None:
                 records.append(record)
@@ -248,11 +452,15 @@ class RedisJobStore:
 
 
 class MemoryJobStore:
-    """Job state in this process only, for ``snaparchive archive --local``."""
+    """Job state in this process only: ``archive --local`` when Redis does not answer, and
+    ``snaparchive demo``. Same contract as :class:`RedisJobStore`, leases included (an owner
+    token and an expiry), within this process."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
         self.checkpoints: dict[str, dict[str, Any]] = {}
+        #: ``{zone}:{id}`` → (owner, expiry on the ``time.monotonic`` clock).
+        self.leases: dict[str, tuple[str, float]] = {}
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -260,31 +468,57 @@ class MemoryJobStore:
     async def ping(self) -> bool:
         return True
 
-    async def claim(self, zone: str, snapshot_id: str) -> tuple[JobRecord, bool]:
+    async def claim(
+        self, zone: str, snapshot_id: str, *, replace_done: bool = False
+    ) -> tuple[JobRecord, bool]:
         key = f"{zone}:{snapshot_id}"
         existing = self.jobs.get(key)
-        if existing is not None and existing.step not in ("failed", "cancelled"):
-            return existing, False
+        replaceable = ("failed", "cancelled", "done") if replace_done else ("failed", "cancelled")
+        if existing is not None and existing.step not in replaceable:
+            return replace(existing), False
         self.jobs[key] = _new_record(zone, snapshot_id)
         self.checkpoints.pop(key, None)
-        return self.jobs[key], True
+        return replace(self.jobs[key]), True
+
+    async def discard(self, record: JobRecord) -> bool:
+        current = self.jobs.get(record.key)
+        if current is None or current.step != "queued" or current.updated_at != record.updated_at:
+            return False
+        del self.jobs[record.key]
+        return True
 
     async def get(self, zone: str, snapshot_id: str) -> JobRecord | None:
-        return self.jobs.get(f"{zone}:{snapshot_id}")
+        # A copy, as Redis returns: what a caller holds does not change under it.
+        record = self.jobs.get(f"{zone}:{snapshot_id}")
+        return replace(record) if record is not None else None
 
-    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> None:
-        record = self.jobs[f"{zone}:{snapshot_id}"]
+    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> bool:
+        record = self.jobs.get(f"{zone}:{snapshot_id}")
+        if record is None:
+            return False
         for name, value in changes.items():
             setattr(record, name, value)
         record.updated_at = time.time()
+        return True
 
     async def list(self, limit: int = 100) -> list[JobRecord]:
-        return sorted(self.jobs.values(), key=lambda r: -r.updated_at)[:limit]
+        return [replace(r) for r in sorted(self.jobs.values(), key=lambda r: -r.updated_at)][:limit]
+
+    def _holder(self, key: str) -> str | None:
+        """The owner of a live lease, dropping an expired one."""
+        held = self.leases.get(key)
+        if held is not None and held[1] <= time.monotonic():
+            del self.leases[key]
+            held = None
+        return held[0] if held else None
 
     async def save_checkpoint(
         self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
     ) -> bool:
-        self.checkpoints[f"{zone}:{snapshot_id}"] = data
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) != owner:
+            return False
+        self.checkpoints[key] = data
         return True
 
     async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None:
@@ -294,16 +528,29 @@ class MemoryJobStore:
         self.checkpoints.pop(f"{zone}:{snapshot_id}", None)
 
     async def acquire_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) not in (None, owner):
+            return False
+        self.leases[key] = (owner, time.monotonic() + ttl)
         return True
 
     async def renew_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) != owner:
+            return False
+        self.leases[key] = (owner, time.monotonic() + ttl)
         return True
 
     async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None:
-        """A single process needs no lease."""
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) == owner:
+            del self.leases[key]
 
     async def lease_left(self, zone: str, snapshot_id: str) -> float:
-        return 0.0
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) is None:
+            return 0.0
+        return max(0.0, self.leases[key][1] - time.monotonic())
 
 
 JobStore = RedisJobStore | MemoryJobStore

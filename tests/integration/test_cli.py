@@ -7,7 +7,13 @@ import uuid
 
 import pytest
 
-from tests.integration.pipeline_env import ZONE, bucket_is_clean, pipeline_env, stored_md5
+from tests.integration.pipeline_env import (
+    ZONE,
+    bucket_is_clean,
+    forget_queue,
+    pipeline_env,
+    stored_md5,
+)
 from worker.cli import main
 from worker.simulator import Faults
 from worker.units import MiB
@@ -15,13 +21,15 @@ from worker.units import MiB
 
 @pytest.fixture
 def env(monkeypatch, simulator, moto_endpoint, s3_bucket):
+    # Not test_pipeline's database 5, which it flushes: --local runs keep their jobs in Redis.
     values = pipeline_env(
-        simulator, moto_endpoint, s3_bucket, "redis://127.0.0.1:6379/5", "redis://127.0.0.1:6379/5"
+        simulator, moto_endpoint, s3_bucket, "redis://127.0.0.1:6379/4", "redis://127.0.0.1:6379/4"
     )
     for name in list(values):
         if name.startswith(("SNAPARCHIVE_", "EXOSCALE_", "AWS_")):
             monkeypatch.setenv(name, values[name])
-    return values
+    yield values
+    forget_queue(values)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -6,12 +6,12 @@ import json
 import uuid
 
 import pytest
-import redis
 
 from tests.integration.pipeline_env import (
     ZONE,
     bucket_is_clean,
     cli,
+    forget_queue,
     pipeline_env,
     status_json,
     stored_md5,
@@ -21,13 +21,15 @@ from tests.integration.pipeline_env import (
 from worker.simulator import Faults
 from worker.units import MiB
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
+#: A database no other test module uses. Each test's keys live under its own queue name
+#: (pipeline_env) and are deleted after it: no flush, which would wipe the jobs of a run
+#: going on at the same time.
+REDIS_URL = "redis://127.0.0.1:6379/3"
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 @pytest.fixture
 def redis_url() -> str:
-    redis.Redis.from_url(REDIS_URL).flushdb()
     return REDIS_URL
 
 
@@ -47,7 +49,9 @@ def env(request, simulator, moto_endpoint, s3_bucket, redis_url):
             channel.queue_delete(queue=queue)
         connection.close()
     broker = RABBITMQ_URL if request.param == "rabbitmq" else redis_url
-    return pipeline_env(simulator, moto_endpoint, s3_bucket, broker, redis_url)
+    env = pipeline_env(simulator, moto_endpoint, s3_bucket, broker, redis_url)
+    yield env
+    forget_queue(env)
 
 
 def test_archive_through_broker_and_worker(env, simulator, moto_endpoint, s3_bucket, snapshot_id):

@@ -9,7 +9,7 @@ import time
 
 from worker.archive import ArchiveStore
 from worker.commands import args as types
-from worker.jobstore import RedisJobStore, find_jobs
+from worker.jobstore import UNREADABLE, RedisJobStore, find_jobs
 from worker.settings import load
 
 #: Seconds to wait for the transferring worker to stop, at least. A worker that died holds
@@ -42,11 +42,17 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             print(f"snaparchive: error: no job for {where}", file=sys.stderr)
             return 1
         zone = record.zone
+        if record.step == UNREADABLE:
+            # No step works on it any more; what it left open is gc's (once no lease holds it).
+            print(f"snaparchive: error: {zone}/{snapshot_id}: {record.error}", file=sys.stderr)
+            return 1
         if not record.active:
             print(f"{zone}/{snapshot_id}: nothing to cancel, the job is {record.step}")
             return 0 if record.step == "cancelled" else 1
         # The flag first: a step running right now sees it at its next look.
-        await store.update(zone, snapshot_id, cancel_requested=True)
+        if not await store.update(zone, snapshot_id, cancel_requested=True):
+            print(f"snaparchive: error: the job of {zone}/{snapshot_id} is gone", file=sys.stderr)
+            return 1
         patience = max(ACK_TIMEOUT, settings.lease_ttl + 10)
         deadline = time.monotonic() + patience
         while record is not None and record.active and time.monotonic() < deadline:

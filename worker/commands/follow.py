@@ -5,11 +5,28 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
-from worker.jobstore import JobRecord, JobStore
+from worker.errors import SnaparchiveError
+from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore
 from worker.progress import ProgressDisplay
 from worker.units import format_size
+
+#: Seconds :func:`follow` keeps looking at a job store that does not answer before it gives up
+#: (by default; ``archive --wait`` gives it five lease TTLs when that is longer). A Redis
+#: restart or failover takes seconds; the job goes on meanwhile.
+UNREACHABLE_PATIENCE = 300.0
+#: Seconds one look may take before the store counts as unreachable (a network that drops
+#: packets instead of refusing connections).
+LOOK_TIMEOUT = 10.0
+#: Longest pause between looks at a store that does not answer.
+BACKOFF_MAX = 10.0
+
+
+class FollowError(SnaparchiveError):
+    """The job cannot be followed to its end: its record is gone, or the store stayed away."""
+
 
 # "queued" has no note: ``archive`` says so itself when it queues the job.
 STEP_NOTES = {
@@ -25,13 +42,57 @@ async def follow(
     snapshot_id: str,
     display: ProgressDisplay | None,
     interval: float = 0.5,
+    patience: float = UNREACHABLE_PATIENCE,
 ) -> JobRecord:
-    """Poll a job until it ends, showing its steps and progress; return its last record."""
+    """Poll a job until it ends, showing its steps and progress; return its last record.
+
+    Parameters:
+      store, zone, snapshot_id: The job.
+      display: Where steps and progress go (``None``: nowhere).
+      interval: Seconds between looks (default 0.5).
+      patience: Seconds to ride through a job store that does not answer, looking again with
+        backoff (default :data:`UNREACHABLE_PATIENCE`); said once on stderr when it starts.
+
+    Raises:
+      FollowError: The record is gone (a Redis restart without persistence), or the store did
+        not answer for ``patience`` seconds.
+    """
     last_step = None
+    unreachable_since: float | None = None
+    pause = interval
     while True:
-        record = await store.get(zone, snapshot_id)
+        try:
+            record = await asyncio.wait_for(store.get(zone, snapshot_id), LOOK_TIMEOUT)
+        except STORE_UNREACHABLE as error:
+            now = time.monotonic()
+            if unreachable_since is None:
+                unreachable_since = now
+                _say(
+                    display,
+                    f"{zone}/{snapshot_id}: the job store is unreachable "
+                    f"({str(error) or type(error).__name__}); looking again for up to "
+                    f"{patience:.0f}s",
+                )
+            elif now - unreachable_since >= patience:
+                if display is not None:
+                    display.close()
+                raise FollowError(
+                    f"the job store did not answer for {patience:.0f}s; the job may still be "
+                    f"running: see snaparchive status {snapshot_id}"
+                ) from None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, BACKOFF_MAX)
+            continue
+        if unreachable_since is not None:
+            _say(display, f"{zone}/{snapshot_id}: the job store answers again")
+            unreachable_since, pause = None, interval
         if record is None:
-            raise LookupError(f"no job for {zone}/{snapshot_id}")
+            if display is not None:
+                display.close()
+            raise FollowError(
+                f"the job of {zone}/{snapshot_id} is gone from the job store (was Redis "
+                "restarted without persistence?); archiving it again adopts what is archived"
+            )
         if display is not None:
             if record.step != last_step and record.step in STEP_NOTES:
                 display.note(f"{zone}/{snapshot_id}: {STEP_NOTES[record.step]}")
@@ -43,6 +104,13 @@ async def follow(
                 display.close()
             return record
         await asyncio.sleep(interval)
+
+
+def _say(display: ProgressDisplay | None, text: str) -> None:
+    if display is not None:
+        display.note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def outcome_json(record: JobRecord) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """``snaparchive gc``: find multipart uploads nobody will complete, and abort them.
 
 Incomplete uploads are invisible but their parts are billed. An upload is abandoned when
-no active job of the job store owns its snapshot and it is older than ``--older-than`` hours:
-a guard for transfers the job store does not know, like ``archive --local`` runs. ``0``
-drops the guard, for when no such run can be going on.
+no active job of the job store owns its snapshot, nobody holds the transfer lease of its
+archive (whatever the upload's age: a transfer is running), and it is older than
+``--older-than`` hours: a guard for transfers the job store does not know, like
+``archive --local`` runs that could not reach Redis. ``0`` drops the guard, for when no
+such run can be going on.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ async def _gc(min_age: float, dry_run: bool) -> int:
             age = (now - upload.initiated).total_seconds() if upload.initiated else None
             if owner in active:
                 action = "kept: its job is running"
+            elif owner is not None and await store.lease_left(*owner) > 0:
+                action = "kept: leased by a transfer"
             elif min_age and age is not None and age < min_age:
                 action = "kept: too recent"
             elif dry_run:

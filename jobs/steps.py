@@ -106,12 +106,10 @@ async def finish_cancelled(
 async def load_checkpoint(store: JobStore, zone: str, snapshot_id: str) -> Checkpoint | None:
     """The job's checkpoint, or ``None``; one that does not parse is dropped with a warning
     (its uploads are then found by listing the archive's prefix)."""
-    saved = await store.load_checkpoint(zone, snapshot_id)
-    if saved is None:
-        return None
     try:
-        return Checkpoint.from_dict(saved)
-    except ValueError as error:
+        saved = await store.load_checkpoint(zone, snapshot_id)
+        return Checkpoint.from_dict(saved) if saved is not None else None
+    except ValueError as error:  # not JSON, or not a checkpoint
         logger.warning("%s/%s: dropping an unreadable checkpoint: %s", zone, snapshot_id, error)
         return None
 

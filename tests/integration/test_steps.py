@@ -144,11 +144,14 @@ async def test_a_transient_failure_without_progress_is_retried_by_the_broker(
     assert bucket.open_uploads() == []
 
 
-def _spoil_checkpoint(ctx: Context, snapshot_id: str) -> None:
+SPOILED = [json.dumps({"format": 1, "plan": "garbage"}), "{not json"]
+
+
+def _spoil_checkpoint(ctx: Context, snapshot_id: str, raw: str) -> None:
     import redis
 
     key = f"{ctx.store.ns}:checkpoint:{ZONE}:{snapshot_id}"
-    redis.Redis.from_url(REDIS_URL).set(key, json.dumps({"format": 1, "plan": "garbage"}))
+    redis.Redis.from_url(REDIS_URL).set(key, raw)
 
 
 def _stray_upload(ctx: Context, bucket, snapshot_id: str) -> str:
@@ -157,12 +160,13 @@ def _stray_upload(ctx: Context, bucket, snapshot_id: str) -> str:
     return key
 
 
+@pytest.mark.parametrize("raw", SPOILED, ids=["not-a-checkpoint", "not-json"])
 async def test_an_unreadable_checkpoint_is_dropped_and_the_transfer_goes_on(
-    make_ctx, simulator, bucket
+    make_ctx, simulator, bucket, raw
 ):
     ctx = make_ctx()
     snapshot_id = await _transferring(ctx, simulator)
-    _spoil_checkpoint(ctx, snapshot_id)
+    _spoil_checkpoint(ctx, snapshot_id, raw)
     _stray_upload(ctx, bucket, snapshot_id)
 
     assert await transfer_snapshot(ctx, ZONE, snapshot_id) is None
@@ -173,10 +177,11 @@ async def test_an_unreadable_checkpoint_is_dropped_and_the_transfer_goes_on(
     assert bucket.open_uploads() == []
 
 
-async def test_cancel_works_with_an_unreadable_checkpoint(make_ctx, simulator, bucket):
+@pytest.mark.parametrize("raw", SPOILED, ids=["not-a-checkpoint", "not-json"])
+async def test_cancel_works_with_an_unreadable_checkpoint(make_ctx, simulator, bucket, raw):
     ctx = make_ctx()
     snapshot_id = await _transferring(ctx, simulator)
-    _spoil_checkpoint(ctx, snapshot_id)
+    _spoil_checkpoint(ctx, snapshot_id, raw)
     _stray_upload(ctx, bucket, snapshot_id)
 
     await finish_cancelled(ctx.store, ctx.archive, ZONE, snapshot_id, "test-cancel")

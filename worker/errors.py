@@ -32,6 +32,36 @@ class ConfigError(SnaparchiveError):
     """A setting is missing or malformed (the message names the variable)."""
 
 
+class PolicyError(ConfigError):
+    """The policy file is missing, unreadable or wrong.
+
+    The message is one line: ``FILE: policy "NAME": KEY: PROBLEM`` (the policy as
+    ``#N``, counted from 1, when its name is missing or bad; parts that do not apply
+    are left out).
+
+    Parameters:
+      path: The file as the user named it.
+      problem: What is wrong.
+      policy: ``"web"`` or ``#2``, when the error is inside a policy.
+      key: The key, dotted for nested ones (``keep.daily``, ``instances[1]``).
+    """
+
+    def __init__(
+        self, path: str, problem: str, policy: str | None = None, key: str | None = None
+    ) -> None:
+        parts = [path]
+        if policy is not None:
+            parts.append(f"policy {policy}")
+        if key is not None:
+            parts.append(key)
+        parts.append(problem)
+        super().__init__(": ".join(parts))
+        self.path = path
+        self.problem = problem
+        self.policy = policy
+        self.key = key
+
+
 # -- cloud APIs (Exoscale, Genesis Cloud, Gcore, InstaVM) ----------------------------------
 
 

@@ -31,7 +31,25 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The ``snapshots`` group's subcommands, likewise.
+SNAPSHOT_COMMANDS = {
+    "list": (
+        "worker.providers.cli",
+        "list snapshots of every configured cloud, with archive coverage",
+    ),
+}
+
+
+def _invoked(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv``, if any (the first word that is one)."""
+    return next((word for word in argv if word in COMMANDS or word == "snapshots"), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """Return the parser; only the module of the subcommand named in ``argv`` is imported
+    (``--help`` and one command's start-up then skip the others, the simulator's aiohttp.web
+    among them). ``argv=None`` imports them all."""
+    invoked = None if argv is None else _invoked(argv)
     parser = argparse.ArgumentParser(
         prog="snaparchive",
         description="Export Exoscale snapshots, verify them while streaming, archive them to S3.",
@@ -41,22 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        if argv is None or name == invoked:
+            _attach(sub, module_name)
     snapshots = commands.add_parser("snapshots", help="snapshots across clouds")
     snapshot_commands = snapshots.add_subparsers(dest="snapshots_command", required=True)
-    listing = snapshot_commands.add_parser(
-        "list", help="list snapshots of every configured cloud, with archive coverage"
-    )
-    inventory = importlib.import_module("worker.providers.cli")
-    inventory.add_arguments(listing)
-    listing.set_defaults(run=inventory.run)
+    for name, (module_name, help_text) in SNAPSHOT_COMMANDS.items():
+        sub = snapshot_commands.add_parser(name, help=help_text, description=help_text)
+        if argv is None or invoked == "snapshots":
+            _attach(sub, module_name)
     return parser
 
 
+def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    module.add_arguments(parser)
+    parser.set_defaults(run=module.run)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -407,6 +407,42 @@ class StallingServer:
         self._socket.close()
 
 
+class AnsweringServer:
+    """An HTTP server that answers one request with a fixed status and no body."""
+
+    def __init__(self, status: int) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/image.qcow2?sig=secret"
+        self._status = status
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self._socket.accept()
+        with connection:
+            connection.recv(65536)
+            head = f"HTTP/1.1 {self._status} Whatever\r\nContent-Length: 0\r\n\r\n"
+            connection.sendall(head.encode())
+
+    def close(self) -> None:
+        self._thread.join(10)
+        self._socket.close()
+
+
+@pytest.mark.parametrize(("status", "reason"), [(403, "incorrect"), (503, "unavailable")])
+def test_an_error_status_of_the_url_fails_with_its_reason(simulator, status, reason):
+    server = AnsweringServer(status)
+    try:
+        body = registration(server.url, "0" * 32)
+        started = signed_request(simulator, "POST", "/template", body=body).json()
+        simulator.wait_for_fetches()
+    finally:
+        server.close()
+    failed = operation(simulator, started)
+    assert (failed["state"], failed["reason"]) == ("failure", reason)
+    assert failed["message"] == f"cannot download the template from 127.0.0.1: HTTP {status}"
+
+
 def test_a_registration_in_flight_when_the_simulator_stops_ends_interrupted():
     stalling = StallingServer()
     sim = Simulator(key="EXOstop", secret="stop-secret", export_seconds=0)

@@ -2,7 +2,8 @@
 
 A :class:`Faults` value describes the faults; the simulator keeps it either globally or for one
 snapshot. A snapshot's own faults replace the global ones for everything concerning that
-snapshot (they are not merged). Setting faults again resets their counters.
+snapshot (they are not merged). The quota and ``register_*`` faults concern no snapshot: only
+the global ones count for them. Setting faults again resets their counters.
 
 Counted faults fire on the next N occasions and are then spent, so a client that retries (or
 resumes with a Range request) can succeed:

@@ -38,8 +38,9 @@ class FetchResult:
       md5: MD5 hex of the bytes read (a ``register_mismatch`` fault hashes one more byte);
         None when the URL could not be read to its end.
       error: Why it could not be read (no URL in it), or None.
-      reason: The operation ``reason`` the error maps to (``incorrect`` when the server
-        refused the request, ``unavailable`` when it could not be reached or broke off).
+      reason: The operation ``reason`` the error maps to: ``incorrect`` when the server
+        refused the request (4xx), ``unavailable`` when it failed (5xx), could not be reached
+        or broke off, ``interrupted`` when the simulator stopped first.
     """
 
     host: str
@@ -135,11 +136,11 @@ class TemplateFetcher:
         try:
             async with self._session.get(url) as response:
                 if response.status != 200:
-                    # The server refused: a bad, expired or forbidden URL.
+                    # 4xx: a bad, expired or forbidden URL; 5xx: its server is failing.
                     return FetchResult(
                         host,
                         error=f"cannot download the template from {host}: HTTP {response.status}",
-                        reason="incorrect",
+                        reason="incorrect" if response.status < 500 else "unavailable",
                     )
                 async for chunk in response.content.iter_chunked(CHUNK_SIZE):
                     size += len(chunk)

@@ -46,8 +46,10 @@ State machine, as a client sees it:
   delay has passed, then ends ``success`` with ``reference.id`` the new private template (its
   ``size`` the bytes read) when the MD5 equals ``checksum``, or ``failure``: reason
   ``incorrect`` for a checksum mismatch or a URL its server refused (4xx), ``unavailable``
-  for one that could not be reached or broke off, each with a one-line ``message`` naming the
-  host, never the URL. Templates belong to the zone of the endpoint used.
+  for one that failed (5xx), could not be reached or broke off, ``interrupted`` when the
+  simulator stopped meanwhile, each with a one-line ``message`` naming the host, never the URL.
+  These reasons are the simulator's choice: Exoscale documents none for registrations.
+  Templates belong to the zone of the endpoint used.
 - list-templates: ``visibility`` ``public`` (the default, as in egoscale) or ``private``, and
   ``family``; the zone's public Ubuntu template always exists.
 """
@@ -823,7 +825,7 @@ class SimState:
             faults = self._global_faults
             unreachable, mismatch = faults.take_registration_faults() if faults else (False, False)
             fetch = self.fetcher.start(url, unreachable=unreachable, mismatch=mismatch)
-            self._fetches.append(fetch)
+            self._fetches = [f for f in self._fetches if not f.done()] + [fetch]
             operation = self._start(
                 zone, "register", "template", template.id, waits_for=fetch, payload=template
             )

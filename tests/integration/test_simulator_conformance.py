@@ -332,10 +332,13 @@ def test_official_client_is_refused_with_a_wrong_secret(simulator):
 
 def test_official_client_backs_up_and_restores(simulator, official, image):
     simulator.add_instance(
-        WEB, labels={"backup": "nightly"}, boot_mode="uefi", default_user="debian"
+        WEB, labels={"backup": "nightly", "tier": "web"}, boot_mode="uefi", default_user="debian"
     )
-    simulator.add_instance(DB, labels={"backup": "weekly"})
-    assert [i["id"] for i in official.list_instances(labels="backup=nightly")["instances"]] == [WEB]
+    simulator.add_instance(DB, labels={"backup": "nightly", "tier": "db"})
+    # A query value with a space, signed by requests-exoscale-auth and checked by the simulator.
+    listed = official.list_instances(labels="backup=nightly tier=web")["instances"]
+    assert [i["id"] for i in listed] == [WEB]
+    assert len(official.list_instances(labels="backup=nightly")["instances"]) == 2
 
     created = official.wait(official.create_snapshot(id=WEB)["id"], max_wait_time=60)
     snapshot = official.get_snapshot(id=created["reference"]["id"])

@@ -128,8 +128,12 @@ class TemplateFetcher:
 
     async def _fetch(self, url: str, host: str, mismatch: bool) -> FetchResult:
         if self._session is None:
-            # auto_decompress off: the checksum is that of the bytes as stored.
-            self._session = aiohttp.ClientSession(timeout=FETCH_TIMEOUT, auto_decompress=False)
+            # The checksum is that of the bytes as stored: ask for no encoding, undo none.
+            self._session = aiohttp.ClientSession(
+                timeout=FETCH_TIMEOUT,
+                auto_decompress=False,
+                headers={"Accept-Encoding": "identity"},
+            )
         digest = hashlib.md5()
         size = 0
         pending = bytearray()

@@ -16,16 +16,42 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from worker import signing
+from worker import errors, signing
 from worker.errors import BadResponse, OperationFailed, OperationTimeout
 from worker.http import DEFAULT_TIMEOUT, JsonApi
-from worker.models import Instance, Operation, Snapshot, Template, TemplateSpec, Zone
+from worker.models import (
+    Instance,
+    Operation,
+    Quota,
+    Snapshot,
+    Template,
+    TemplateSpec,
+    Zone,
+)
 from worker.polling import poll_interval
 from worker.retry import RetryPolicy
 from worker.settings import ExoscaleSettings
 
 #: The zone whose endpoint answers zone-less calls such as list-zones.
 DEFAULT_ZONE = "ch-gva-2"
+
+
+class QuotaExceeded(errors.ApiError):
+    """A create call refused because the organisation's quota of that resource is used up.
+
+    Permanent: retrying cannot help until something is deleted or the quota raised.
+
+    Parameters:
+      quota: The quota as read right after the refusal (None when it could not be read).
+    """
+
+    def __init__(self, message: str, quota: Quota | None, status: int | None = None) -> None:
+        super().__init__(message, status)
+        self.quota = quota
+
+
+def _limit(quota: Quota) -> str:
+    return "unlimited" if quota.unlimited else str(quota.limit)
 
 
 @dataclass(frozen=True)
@@ -74,20 +100,37 @@ class ExoscaleClient:
         )
         return {"Authorization": header}
 
-    async def _call(self, method: str, zone: str, path: str, body: Any = None) -> Any:
+    async def _call(
+        self,
+        method: str,
+        zone: str,
+        path: str,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+    ) -> Any:
         url = self.settings.url(zone) + path
+        if query:
+            url = str(URL(url).with_query(query))
         return await self.api.request_json(method, url, json_body=body, sign=self._sign)
+
+    async def _list(
+        self, operation: str, zone: str, path: str, query: Mapping[str, str] | None = None
+    ) -> list[Any]:
+        # list-snapshots returns {"snapshots": [...]}, list-instances {"instances": [...]}, ...
+        key = operation.removeprefix("list-")
+        data = await self._call("GET", zone, path, query=query)
+        items = data.get(key) if isinstance(data, dict) else None
+        if items is None and isinstance(data, dict):
+            items = []  # the API leaves the key out when there are none
+        if not isinstance(items, list):
+            raise BadResponse(f"exoscale: {operation} did not return a {key} list")
+        return items
 
     # -- snapshots ------------------------------------------------------------------------
 
     async def list_snapshots(self, zone: str) -> list[Snapshot]:
         """Return every snapshot of ``zone``."""
-        data = await self._call("GET", zone, "/snapshot")
-        items = data.get("snapshots") if isinstance(data, dict) else None
-        if items is None and isinstance(data, dict):
-            items = []  # the API leaves the key out when there are none
-        if not isinstance(items, list):
-            raise BadResponse("exoscale: list-snapshots did not return a snapshots list")
+        items = await self._list("list-snapshots", zone, "/snapshot")
         return [Snapshot.from_api(item) for item in items]
 
     async def get_snapshot(self, zone: str, snapshot_id: str) -> Snapshot:
@@ -99,25 +142,77 @@ class ExoscaleClient:
         return Operation.from_api(await self._call("POST", zone, f"/snapshot/{snapshot_id}:export"))
 
     async def delete_snapshot(self, zone: str, snapshot_id: str) -> Operation:
-        """Delete a snapshot; returns the operation."""
+        """Delete a snapshot; returns the operation (the snapshot is gone once it succeeds)."""
         return Operation.from_api(await self._call("DELETE", zone, f"/snapshot/{snapshot_id}"))
 
     async def create_snapshot(self, zone: str, instance_id: str) -> Operation:
-        """Snapshot an instance's disk; the operation's reference is the new snapshot."""
-        path = f"/instance/{instance_id}:create-snapshot"
-        return Operation.from_api(await self._call("POST", zone, path))
+        """Snapshot an instance's disk; the operation's reference is the new snapshot.
 
-    # -- instances, templates, zones ------------------------------------------------------
+        Raises:
+          QuotaExceeded: The organisation's snapshot quota is used up. Neither the status nor
+            the message of that refusal is documented, so a 4xx refusal counts as one when
+            the quota, read right after it, is used up, or when its message names the quota.
+        """
+        path = f"/instance/{instance_id}:create-snapshot"
+        try:
+            return Operation.from_api(await self._call("POST", zone, path))
+        except (errors.AuthError, errors.Conflict, errors.BadRequest) as refused:
+            quota: Quota | None
+            try:
+                quota = await self.get_quota(zone, "snapshot")
+            except errors.ApiError:
+                quota = None
+            names_quota = "quota" in refused.message.lower()
+            if not (quota is not None and quota.exhausted) and not names_quota:
+                raise
+            used = "" if quota is None else f" ({quota.usage} used, limit {_limit(quota)})"
+            raise QuotaExceeded(
+                f"exoscale: no snapshot of instance {instance_id} in {zone}: "
+                f"the snapshot quota is used up{used}",
+                quota,
+                refused.status,
+            ) from None
+
+    # -- instances, templates, quotas, zones ----------------------------------------------
+
+    async def list_instances(
+        self, zone: str, labels: Mapping[str, str] | None = None
+    ) -> list[Instance]:
+        """Return the instances of ``zone``; with ``labels``, those carrying all of them.
+
+        The labels are matched here, not by the API: its ``labels`` query parameter is an
+        untyped string whose format the spec does not give.
+        """
+        wanted = dict(labels or {})
+        items = await self._list("list-instances", zone, "/instance")
+        instances = [Instance.from_api(item) for item in items]
+        return [instance for instance in instances if instance.has_labels(wanted)]
 
     async def get_instance(self, zone: str, instance_id: str) -> Instance:
+        """Return one instance (404: :class:`~worker.errors.NotFound`)."""
         return Instance.from_api(await self._call("GET", zone, f"/instance/{instance_id}"))
 
     async def get_template(self, zone: str, template_id: str) -> Template:
+        """Return one template of ``zone`` (templates are per zone)."""
         return Template.from_api(await self._call("GET", zone, f"/template/{template_id}"))
 
+    async def list_templates(
+        self, zone: str, visibility: str = "private", family: str | None = None
+    ) -> list[Template]:
+        """Return the templates of ``zone`` of a ``visibility`` (default ``private``: ours)."""
+        query = {"visibility": visibility} | ({"family": family} if family else {})
+        items = await self._list("list-templates", zone, "/template", query)
+        return [Template.from_api(item) for item in items]
+
     async def register_template(self, zone: str, spec: TemplateSpec) -> Operation:
-        """Register a template from an image URL; the operation's reference is the template."""
+        """Register a template in ``zone`` from an image URL; the operation's reference is the
+        new template once it succeeds (Exoscale reads the URL and checks its MD5 first)."""
         return Operation.from_api(await self._call("POST", zone, "/template", spec.to_api()))
+
+    async def get_quota(self, zone: str, entity: str) -> Quota:
+        """Return the organisation's quota of ``entity`` (like ``snapshot``), through the API
+        of ``zone`` (quotas are not per zone)."""
+        return Quota.from_api(await self._call("GET", zone, f"/quota/{entity}"), entity)
 
     async def list_zones(self) -> list[Zone]:
         data = await self._call("GET", DEFAULT_ZONE, "/zone")

@@ -304,6 +304,7 @@ def test_register_template_from_an_export_checks_the_checksum(simulator):
     right = signed_request(
         simulator, "POST", "/template", body={**body, "checksum": export["md5sum"]}
     )
+    simulator.wait_for_fetches()  # the simulator reads the URL, as Exoscale does
     wrong_result = signed_request(simulator, "GET", f"/operation/{wrong.json()['id']}").json()
     right_result = signed_request(simulator, "GET", f"/operation/{right.json()['id']}").json()
     assert (wrong_result["state"], wrong_result["reason"]) == ("failure", "incorrect")

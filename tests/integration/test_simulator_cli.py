@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests
 
 from tests.fixtures.simulator import signed_request
 from worker.simulator.cli import main
@@ -16,6 +17,7 @@ from worker.simulator.cli import main
 pytestmark = pytest.mark.integration
 
 SNAPSHOT = "3f0c1d9e-5b7a-4c1e-8f2d-6a9b0c1d2e3f"
+INSTANCE = "8e7d6c5b-4a39-4281-9f0e-1d2c3b4a5968"
 
 
 class Remote:
@@ -91,9 +93,48 @@ def test_seeds_a_default_snapshot():
         assert process.returncode == 0
 
 
+def test_instances_with_labels_a_snapshot_quota_and_registration_faults():
+    args = [
+        "--instance",
+        f"{INSTANCE}:backup=nightly,tier=web",
+        "--zone",
+        "de-fra-1",
+        "--snapshot-quota",
+        "1",
+        "--register-unreachable",
+        "1",
+    ]
+    with simulate(*args) as (process, env, banner):
+        assert any(INSTANCE in line and "backup=nightly,tier=web" in line for line in banner)
+        assert "snapshots: none" in banner  # no default snapshot beside the instances
+        remote = Remote(
+            env["EXOSCALE_API_ENDPOINT"].removesuffix("/{zone}/v2"),
+            env["EXOSCALE_API_KEY"],
+            env["EXOSCALE_API_SECRET"],
+        )
+        listed = signed_request(remote, "GET", "/instance", zone="de-fra-1").json()["instances"]
+        assert [(i["id"], i["labels"]) for i in listed] == [
+            (INSTANCE, {"backup": "nightly", "tier": "web"})
+        ]
+        path = f"/instance/{INSTANCE}:create-snapshot"
+        assert signed_request(remote, "POST", path, zone="de-fra-1").ok
+        assert signed_request(remote, "POST", path, zone="de-fra-1").status_code == 403
+        shown = requests.get(f"{remote.url}/_simulator/faults", timeout=10).json()
+        assert shown["global"]["register_unreachable"] == 1
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+        assert process.returncode == 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--instance", "not-a-uuid"], "must be a UUID"),
+        (["--instance", f"{INSTANCE}:backup"], "ID[:label=value"),
+        (["--instance", f"{INSTANCE}:bad key=x"], "label key"),
+        (["--instance", INSTANCE, "--instance", INSTANCE], "already exists"),
+        (["--snapshot-quota", "-2"], "-1 (unlimited)"),
+        (["--register-seconds", "soon"], "number of seconds"),
         (["--snapshot", "not-a-uuid:64MiB"], "must be a UUID"),
         (["--snapshot", f"{SNAPSHOT}:12parsecs"], "not a size"),
         (["--snapshot", SNAPSHOT], "ID:SIZE"),

@@ -18,6 +18,12 @@ from worker.simulator.faults import ActiveFaults, DownloadPlan, Faults
         ({"url_ttl": -1}, "url_ttl"),
         ({"slow_rate": 0}, "slow_rate"),
         ({"truncate_at": -5}, "truncate_at"),
+        ({"quota_errors": -1}, "quota_errors"),
+        ({"register_unreachable": 1.5}, "register_unreachable"),
+        ({"register_mismatch": False}, "register_mismatch"),
+        ({"register_stuck": 1}, "register_stuck"),
+        ({"register_seconds": -1}, "register_seconds"),
+        ({"register_seconds": float("nan")}, "register_seconds"),
     ],
 )
 def test_bad_values_are_refused_with_the_field_named(values, message):
@@ -44,6 +50,17 @@ def test_api_faults_count_down_errors_first():
 def test_export_failures_count_down():
     active = ActiveFaults(Faults(export_failures=2, failure_reason="busy"))
     assert [active.take_export_failure() for _ in range(3)] == ["busy", "busy", None]
+
+
+def test_quota_errors_count_down():
+    active = ActiveFaults(Faults(quota_errors=1))
+    assert [active.take_quota_error() for _ in range(2)] == [True, False]
+
+
+def test_registration_faults_count_down_unreachable_first():
+    active = ActiveFaults(Faults(register_unreachable=1, register_mismatch=1))
+    spent = [active.take_registration_faults() for _ in range(3)]
+    assert spent == [(True, False), (False, True), (False, False)]
 
 
 def test_download_faults_fire_only_in_range_and_then_are_spent():

@@ -5,6 +5,7 @@ the official JSON shapes), serves exported disk files from presigned URLs, and i
 The product never imports it; ``snaparchive simulate`` and the tests do. For example::
 
     sim = Simulator(key="EXOtest", secret="test-secret")
+    sim.add_instance("0b7e5d3c-2a19-4f08-8e6d-5c4b3a291807", labels={"backup": "nightly"})
     sim.add_snapshot("6a1c2b4e-3f5d-4e7a-9b8c-0d1e2f3a4b5c", 64 * MiB)
     sim.set_faults(Faults(truncate_at=10 * MiB))
     with sim.running():
@@ -12,9 +13,10 @@ The product never imports it; ``snaparchive simulate`` and the tests do. For exa
             ...
 
 Modules: :mod:`.server` (the :class:`Simulator`), :mod:`.state` (the account and its state
-machine), :mod:`.api` (API routes), :mod:`.download` (presigned downloads), :mod:`.faults`,
-:mod:`.disk` (generated images), :mod:`.presign`, :mod:`.records` (resources and their JSON),
-:mod:`.control` (the fault control endpoint), :mod:`.cli` (``snaparchive simulate``).
+machine), :mod:`.api` (API routes), :mod:`.download` (presigned downloads), :mod:`.fetch`
+(register-template reading its URL), :mod:`.faults`, :mod:`.disk` (generated images),
+:mod:`.presign`, :mod:`.records` (resources and their JSON), :mod:`.control` (the fault control
+endpoint), :mod:`.cli` (``snaparchive simulate``).
 """
 
 from worker.simulator.faults import Faults

@@ -82,7 +82,14 @@ class ExoscaleApi:
                     self.create_snapshot,
                     name="create-snapshot",
                 ),
+                web.get(f"{prefix}/instance", self.list_instances, name="list-instances"),
                 web.get(f"{prefix}/instance/{_ID}", self.get_instance, name="get-instance"),
+                web.delete(
+                    f"{prefix}/instance/{_ID}", self.delete_instance, name="delete-instance"
+                ),
+                web.get(f"{prefix}/quota", self.list_quotas, name="list-quotas"),
+                web.get(f"{prefix}/quota/{{entity}}", self.get_quota, name="get-quota"),
+                web.get(f"{prefix}/template", self.list_templates, name="list-templates"),
                 web.get(f"{prefix}/template/{_ID}", self.get_template, name="get-template"),
                 web.post(f"{prefix}/template", self.register_template, name="register-template"),
                 web.get(f"{prefix}/zone", self.list_zones, name="list-zones"),
@@ -180,6 +187,25 @@ class ExoscaleApi:
     async def get_instance(self, request: web.Request) -> web.Response:
         zone, instance_id = request.match_info["zone"], request.match_info["id"]
         return web.json_response(self.state.get_instance(zone, instance_id))
+
+    async def list_instances(self, request: web.Request) -> web.Response:
+        zone = request.match_info["zone"]
+        return web.json_response(self.state.list_instances(zone, request.query))
+
+    async def delete_instance(self, request: web.Request) -> web.Response:
+        zone, instance_id = request.match_info["zone"], request.match_info["id"]
+        return web.json_response(self.state.delete_instance(zone, instance_id))
+
+    async def get_quota(self, request: web.Request) -> web.Response:
+        # Quotas are the organisation's: every zone's endpoint answers the same.
+        return web.json_response(self.state.get_quota(request.match_info["entity"]))
+
+    async def list_quotas(self, request: web.Request) -> web.Response:
+        return web.json_response(self.state.list_quotas())
+
+    async def list_templates(self, request: web.Request) -> web.Response:
+        zone = request.match_info["zone"]
+        return web.json_response(self.state.list_templates(zone, request.query))
 
     async def get_template(self, request: web.Request) -> web.Response:
         zone, template_id = request.match_info["zone"], request.match_info["id"]

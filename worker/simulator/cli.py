@@ -1,8 +1,8 @@
 """``snaparchive simulate``: run the Exoscale API simulator in the foreground.
 
-It prints the endpoint, the key and secret, the seeded snapshots and the environment variables
-that point snaparchive at it, then serves until SIGINT or SIGTERM. Fault flags set global
-faults; ``PUT /_simulator/faults`` changes them while it runs (see
+It prints the endpoint, the key and secret, the seeded instances and snapshots and the
+environment variables that point snaparchive at it, then serves until SIGINT or SIGTERM. Fault
+flags set global faults; ``PUT /_simulator/faults`` changes them while it runs (see
 :mod:`worker.simulator.control`). Also runnable as ``python -m worker.simulator.cli``.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from worker.settings import EXOSCALE_ZONES
 from worker.simulator.faults import OPERATION_REASONS, Faults
 from worker.simulator.server import EXPORT_SECONDS, URL_TTL, Simulator
-from worker.simulator.state import MAX_SIZE_GIB, check_uuid
+from worker.simulator.state import MAX_SIZE_GIB, check_labels, check_quota_limit, check_uuid
 from worker.units import GiB, MiB, format_size, parse_size
 
 DEFAULT_KEY = "EXOsimulator00000000000000"
@@ -41,6 +41,31 @@ def _snapshot_spec(text: str) -> tuple[str, int]:
     if image_size > MAX_SIZE_GIB * GiB:
         raise argparse.ArgumentTypeError(f"{size} is more than the largest snapshot (50 TiB)")
     return snapshot_id, image_size
+
+
+def _instance_spec(text: str) -> tuple[str, dict[str, str]]:
+    instance_id, sep, rest = text.partition(":")
+    labels = {}
+    for pair in rest.split(",") if sep and rest else []:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise argparse.ArgumentTypeError(
+                f"expected ID[:label=value,...] (like <uuid>:backup=nightly,tier=web), got {text!r}"
+            )
+        labels[key] = value
+    try:
+        return check_uuid(instance_id, "instance ID"), check_labels(labels)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _quota(text: str) -> int:
+    try:
+        return check_quota_limit(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected -1 (unlimited) or a whole number, got {text!r}"
+        ) from None
 
 
 def _offset(text: str) -> int:
@@ -99,10 +124,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ID:SIZE",
         help="add a ready snapshot: a UUID and its file size, like 64MiB or 2GiB "
-        "(repeatable; default: one 64MiB snapshot)",
+        "(repeatable; default: one 64MiB snapshot, unless --instance is given)",
     )
     parser.add_argument(
-        "--zone", choices=EXOSCALE_ZONES, default="ch-gva-2", help="zone of the snapshots"
+        "--instance",
+        dest="instances",
+        action="append",
+        type=_instance_spec,
+        default=[],
+        metavar="ID[:LABEL=VALUE,...]",
+        help="add a running instance with these labels, like <uuid>:backup=nightly "
+        "(repeatable; create-snapshot works on it)",
+    )
+    parser.add_argument(
+        "--zone",
+        choices=EXOSCALE_ZONES,
+        default="ch-gva-2",
+        help="zone of the instances and snapshots",
+    )
+    parser.add_argument(
+        "--snapshot-quota",
+        type=_quota,
+        default=-1,
+        metavar="N",
+        help="the organisation's snapshot limit (default -1: unlimited)",
     )
     parser.add_argument(
         "--export-seconds",
@@ -136,6 +181,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--failure-reason", choices=OPERATION_REASONS, default="fault", help="their reason"
     )
     faults.add_argument("--export-stuck", action="store_true", help="exports stay pending")
+    faults.add_argument(
+        "--quota-errors", type=_count, default=0, metavar="N", help="next N snapshots over quota"
+    )
+    faults.add_argument(
+        "--register-unreachable",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="next N template registrations cannot reach their URL",
+    )
+    faults.add_argument(
+        "--register-mismatch",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="next N template registrations see a checksum mismatch",
+    )
+    faults.add_argument(
+        "--register-stuck", action="store_true", help="template registrations stay pending"
+    )
+    faults.add_argument(
+        "--register-seconds",
+        type=_seconds,
+        metavar="S",
+        help="template registrations take at least S seconds",
+    )
     faults.add_argument("--wrong-md5", action="store_true", help="publish a wrong md5sum")
     faults.add_argument("--slow", type=_rate, metavar="RATE", help="pace downloads, like 10MiB/s")
     faults.add_argument(
@@ -161,6 +232,11 @@ def _faults(args: argparse.Namespace) -> Faults | None:
         export_failures=args.export_failures,
         failure_reason=args.failure_reason,
         export_stuck=args.export_stuck,
+        quota_errors=args.quota_errors,
+        register_unreachable=args.register_unreachable,
+        register_mismatch=args.register_mismatch,
+        register_stuck=args.register_stuck,
+        register_seconds=args.register_seconds,
         wrong_md5=args.wrong_md5,
         slow_rate=args.slow,
         truncate_at=args.truncate_at,
@@ -190,9 +266,15 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             export_seconds=args.export_seconds,
             url_ttl=args.url_ttl,
+            snapshot_quota=args.snapshot_quota,
         )
+        instances = [
+            sim.add_instance(i, zone=args.zone, labels=labels) for i, labels in args.instances
+        ]
         default_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"snaparchive-simulator:{args.seed}"))
-        snapshots = args.snapshots or [(default_id, DEFAULT_IMAGE_SIZE)]
+        snapshots = args.snapshots
+        if not snapshots and not instances:
+            snapshots = [(default_id, DEFAULT_IMAGE_SIZE)]
         bodies = [sim.add_snapshot(i, size, zone=args.zone) for i, size in snapshots]
     except ValueError as exc:
         print(f"snaparchive simulate: {exc}", file=sys.stderr)
@@ -210,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
                 where = f"{args.host}:{args.port}"
                 print(f"snaparchive simulate: cannot listen on {where}: {exc}", file=sys.stderr)
                 return 1
-            _print_banner(sim, bodies, snapshots, faults)
+            _print_banner(sim, instances, bodies, snapshots, faults)
             received = signal.sigwait(stop)
             print(f"{signal.Signals(received).name}: stopping", file=sys.stderr, flush=True)
     finally:
@@ -220,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_banner(
     sim: Simulator,
+    instances: list[dict[str, Any]],
     bodies: list[dict[str, Any]],
     snapshots: list[tuple[str, int]],
     faults: Faults | None,
@@ -230,8 +313,13 @@ def _print_banner(
         f"  key       {sim.key}",
         f"  secret    {sim.secret}",
         f"  faults    {_describe(faults)}",
-        "snapshots:",
     ]
+    if instances:
+        lines.append("instances:")
+    for instance in instances:
+        labels = ",".join(f"{k}={v}" for k, v in instance["labels"].items()) or "no labels"
+        lines.append(f"  {instance['id']}  {instance['name']}, {labels}")
+    lines.append("snapshots:" if bodies else "snapshots: none")
     for body, (_, image_size) in zip(bodies, snapshots, strict=True):
         lines.append(
             f"  {body['id']}  {format_size(image_size)} file, {body['size']} GiB, {body['state']}"

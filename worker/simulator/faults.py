@@ -2,7 +2,8 @@
 
 A :class:`Faults` value describes the faults; the simulator keeps it either globally or for one
 snapshot. A snapshot's own faults replace the global ones for everything concerning that
-snapshot (they are not merged). Setting faults again resets their counters.
+snapshot (they are not merged). The quota and ``register_*`` faults concern no snapshot: only
+the global ones count for them. Setting faults again resets their counters.
 
 Counted faults fire on the next N occasions and are then spent, so a client that retries (or
 resumes with a Range request) can succeed:
@@ -12,6 +13,13 @@ resumes with a Range request) can succeed:
   When both are set, the errors come first.
 - ``export_failures``: the next N export operations end in ``failure`` with
   ``failure_reason``; the snapshot goes back to ``ready``.
+- ``quota_errors``: the next N create-snapshot calls are refused as over the snapshot quota,
+  whatever the quota's usage (the same answer as a real overrun, see
+  :data:`worker.simulator.state.QUOTA_EXCEEDED_STATUS`).
+- ``register_unreachable``: the next N template registrations cannot reach their URL (nothing
+  is fetched); the operation ends in ``failure`` like a connection refused.
+- ``register_mismatch``: the next N template registrations read their URL in full but hash
+  other bytes (one flipped), so the MD5 differs from ``checksum`` and the operation fails.
 - ``truncate_at``, ``reset_at``: a download whose range covers byte N sends the bytes before N,
   then closes the connection (truncate: a clean close although ``Content-Length`` promised
   more; reset: a TCP reset, so the client may see fewer bytes). Counted per fault with
@@ -23,6 +31,9 @@ resumes with a Range request) can succeed:
 Standing faults hold while they are set:
 
 - ``export_stuck``: export operations stay ``pending`` (clearing it lets them finish).
+- ``register_stuck``: template registrations stay ``pending`` the same way.
+- ``register_seconds``: template registrations stay ``pending`` at least this many seconds of
+  the simulator's clock (a slow registration), however fast their URL was read.
 - ``wrong_md5``: the published ``export.md5sum`` is not the MD5 of the served bytes.
 - ``url_ttl``: presigned URLs handed out expire after this many seconds.
 - ``slow_rate``: downloads are paced to this many bytes per second.
@@ -62,6 +73,11 @@ class Faults:
       export_failures: Next N export operations end in ``failure`` (default 0).
       failure_reason: The operation's ``reason`` then (default ``"fault"``).
       export_stuck: Export operations stay pending while set (default False).
+      quota_errors: Next N create-snapshot calls are over quota (default 0).
+      register_unreachable: Next N registrations cannot reach their URL (default 0).
+      register_mismatch: Next N registrations hash other bytes than they read (default 0).
+      register_stuck: Registrations stay pending while set (default False).
+      register_seconds: Registrations take at least this long (default: like any operation).
       wrong_md5: Publish a wrong ``md5sum`` (default False).
       url_ttl: Lifetime of presigned URLs in seconds (default: the simulator's).
       slow_rate: Download pace in bytes per second (default: unlimited).
@@ -79,6 +95,11 @@ class Faults:
     export_failures: int = 0
     failure_reason: str = "fault"
     export_stuck: bool = False
+    quota_errors: int = 0
+    register_unreachable: int = 0
+    register_mismatch: int = 0
+    register_stuck: bool = False
+    register_seconds: float | None = None
     wrong_md5: bool = False
     url_ttl: float | None = None
     slow_rate: int | None = None
@@ -88,7 +109,16 @@ class Faults:
     download_fault_times: int | None = 1
 
     def __post_init__(self) -> None:
-        for name in ("api_errors", "rate_limits", "retry_after", "export_failures"):
+        counted = (
+            "api_errors",
+            "rate_limits",
+            "retry_after",
+            "export_failures",
+            "quota_errors",
+            "register_unreachable",
+            "register_mismatch",
+        )
+        for name in counted:
             _check_count(name, getattr(self, name))
         for name in ("truncate_at", "reset_at", "corrupt_at", "download_fault_times"):
             if getattr(self, name) is not None:
@@ -100,15 +130,15 @@ class Faults:
                 f"failure_reason must be one of {', '.join(OPERATION_REASONS)}, "
                 f"got {self.failure_reason!r}"
             )
-        for name in ("export_stuck", "wrong_md5"):
+        for name in ("export_stuck", "register_stuck", "wrong_md5"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.url_ttl is not None and (
-            isinstance(self.url_ttl, bool)
-            or not isinstance(self.url_ttl, int | float)
-            or self.url_ttl < 0
-        ):
-            raise ValueError(f"url_ttl must be a number of seconds >= 0, got {self.url_ttl!r}")
+        for name in ("url_ttl", "register_seconds"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+            ):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if self.slow_rate is not None:
             _check_count("slow_rate", self.slow_rate)
             if self.slow_rate < 1:
@@ -166,6 +196,9 @@ class ActiveFaults:
         self._api_errors = faults.api_errors
         self._rate_limits = faults.rate_limits
         self._export_failures = faults.export_failures
+        self._quota_errors = faults.quota_errors
+        self._register_unreachable = faults.register_unreachable
+        self._register_mismatch = faults.register_mismatch
         times = faults.download_fault_times
         self._downloads = {"truncate": times, "reset": times, "corrupt": times}
 
@@ -185,6 +218,26 @@ class ActiveFaults:
             self._export_failures -= 1
             return self.faults.failure_reason
         return None
+
+    def take_quota_error(self) -> bool:
+        """Spend one quota error; return whether one was left."""
+        if self._quota_errors > 0:
+            self._quota_errors -= 1
+            return True
+        return False
+
+    def take_registration_faults(self) -> tuple[bool, bool]:
+        """Spend the faults of one registration; return (unreachable, mismatch).
+
+        An unreachable URL reads nothing, so it does not spend a mismatch as well.
+        """
+        if self._register_unreachable > 0:
+            self._register_unreachable -= 1
+            return True, False
+        if self._register_mismatch > 0:
+            self._register_mismatch -= 1
+            return False, True
+        return False, False
 
     def _fires(self, name: str, offset: int | None, start: int, end: int) -> bool:
         left = self._downloads[name]

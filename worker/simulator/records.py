@@ -74,6 +74,24 @@ class TemplateRecord:
         return body
 
 
+#: Members of the instance object that list-instances also shows (the spec's list item).
+LISTED_INSTANCE_MEMBERS = (
+    "id",
+    "name",
+    "state",
+    "created-at",
+    "instance-type",
+    "template",
+    "public-ip",
+    "public-ip-assignment",
+    "mac-address",
+    "labels",
+    "security-groups",
+    "private-networks",
+    "ssh-keys",
+)
+
+
 @dataclass
 class InstanceRecord:
     """A compute instance that snapshots are taken of.
@@ -81,6 +99,7 @@ class InstanceRecord:
     Parameters:
       disk_size: The instance's disk in GiB (10..51200).
       public_ip, mac_address: Derived from the id, for plausible bodies.
+      labels: The instance's labels (``labels`` in the API).
     """
 
     id: str
@@ -92,6 +111,7 @@ class InstanceRecord:
     public_ip: str
     mac_address: str
     instance_type_id: str
+    labels: dict[str, str] = field(default_factory=dict)
     snapshot_ids: list[str] = field(default_factory=list)
 
     def body(self, template: TemplateRecord) -> dict[str, Any]:
@@ -115,7 +135,7 @@ class InstanceRecord:
             "public-ip": self.public_ip,
             "public-ip-assignment": "inet4",
             "mac-address": self.mac_address,
-            "labels": {},
+            "labels": dict(self.labels),
             "security-groups": [],
             "anti-affinity-groups": [],
             "elastic-ips": [],
@@ -126,6 +146,11 @@ class InstanceRecord:
             "tpm-enabled": False,
             "application-consistent-snapshot-enabled": False,
         }
+
+    def list_body(self, template: TemplateRecord) -> dict[str, Any]:
+        """Return the instance as list-instances shows it (fewer members than get-instance)."""
+        body = self.body(template)
+        return {name: body[name] for name in LISTED_INSTANCE_MEMBERS}
 
 
 @dataclass
@@ -184,12 +209,16 @@ class OperationRecord:
     """An asynchronous operation.
 
     Parameters:
-      kind: ``export``, ``delete``, ``create-snapshot``, ``promote`` or ``register``.
-      resource, resource_id: What ``reference`` points at (``snapshot`` or ``template``).
+      kind: ``export``, ``delete``, ``create-snapshot``, ``delete-instance``, ``promote`` or
+        ``register``.
+      resource, resource_id: What ``reference`` points at (``snapshot``, ``instance`` or
+        ``template``).
       snapshot_id: The snapshot the call concerned, whose faults apply (None: none).
       done_at: UNIX time from which the operation may finish.
       fail_reason: Set when a fault decided at the start that it will fail.
-      waits_for: A computation (the export's MD5) that must finish first.
+      waits_for: A computation that must finish first: the export's MD5 (export, promote),
+        or the reading of the template URL (register, a
+        :class:`~worker.simulator.fetch.FetchResult`).
       payload: What the operation creates when it succeeds (a template, for promote/register).
     """
 
@@ -204,7 +233,7 @@ class OperationRecord:
     reason: str | None = None
     message: str | None = None
     fail_reason: str | None = None
-    waits_for: Future[str] | None = None
+    waits_for: Future[Any] | None = None
     payload: TemplateRecord | None = None
 
     def body(self) -> dict[str, Any]:

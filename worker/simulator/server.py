@@ -25,6 +25,7 @@ from worker.simulator.api import ExoscaleApi
 from worker.simulator.control import Control
 from worker.simulator.download import Downloads
 from worker.simulator.faults import Faults
+from worker.simulator.fetch import TemplateFetcher
 from worker.simulator.state import SimState
 
 logger = logging.getLogger("worker.simulator")
@@ -61,6 +62,11 @@ class _ServerThread:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="exoscale-simulator", daemon=True)
         self.port = 0
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the application runs on."""
+        return self._loop
 
     def start(self) -> None:
         """Start serving; return once the socket is bound (or raise why it could not be)."""
@@ -118,6 +124,8 @@ class Simulator:
       url_ttl: Lifetime of presigned URLs in seconds (default 3600; faults may override it).
       clock: Returns the current UNIX time (default ``time.time``); tests pass their own to
         expire URLs and signatures without waiting.
+      snapshot_quota: The organisation's snapshot limit (default -1: unlimited); at the limit
+        create-snapshot is refused as Exoscale refuses it.
     """
 
     def __init__(
@@ -129,13 +137,14 @@ class Simulator:
         export_seconds: float = EXPORT_SECONDS,
         url_ttl: float = URL_TTL,
         clock: Callable[[], float] = time.time,
+        snapshot_quota: int = -1,
     ) -> None:
         if not key or not secret:
             raise ValueError("the simulator needs an API key and a secret")
         self.key = key
         self.secret = secret
         self.seed = seed
-        self._state = SimState(seed, export_seconds, url_ttl, clock)
+        self._state = SimState(seed, export_seconds, url_ttl, clock, snapshot_quota)
         self._server: _ServerThread | None = None
         self._authority: str | None = None
 
@@ -177,6 +186,73 @@ class Simulator:
             body.get("export", {}).pop("presigned-url", None)
         return body
 
+    def add_instance(
+        self,
+        instance_id: str,
+        zone: str = "ch-gva-2",
+        *,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        disk_size: int = 10,
+        template_id: str | None = None,
+        boot_mode: str | None = None,
+        default_user: str | None = None,
+        ssh_key_enabled: bool | None = None,
+        password_enabled: bool | None = None,
+    ) -> dict[str, Any]:
+        """Add a running instance and return its API body, as get-instance answers it.
+
+        Its template is the zone's public Ubuntu template (``uefi``, user ``ubuntu``), or,
+        when any of the four template settings is given, a private template of its own with
+        them (the rest as the public one; ``boot_mode`` defaults to ``legacy``, the API's
+        default), or an existing template of the zone by ``template_id``. get-template shows
+        it: what an archive records to restore the instance later.
+
+        Parameters:
+          instance_id: A UUID.
+          zone: One of ``worker.settings.EXOSCALE_ZONES`` (default ``ch-gva-2``).
+          name: Instance name (default ``vm-`` and the id's first 8 characters).
+          labels: Its labels (default none); keys without spaces or ``=``.
+          disk_size: Disk size in GiB, 10..51200 (default 10): the size of its snapshots.
+          template_id: Build it from this template of the zone.
+          boot_mode: ``legacy`` or ``uefi``.
+          default_user: The template's default user.
+          ssh_key_enabled, password_enabled: The template's login flags.
+
+        Raises:
+          ValueError: On a malformed id, name, label or size, an unknown zone or template, a
+            duplicate id, or template settings together with ``template_id``.
+        """
+        record = self._state.add_instance(
+            instance_id,
+            zone,
+            name=name,
+            labels=labels,
+            disk_size=disk_size,
+            template_id=template_id,
+            boot_mode=boot_mode,
+            default_user=default_user,
+            ssh_key_enabled=ssh_key_enabled,
+            password_enabled=password_enabled,
+        )
+        return self._state.get_instance(record.zone, record.id)
+
+    def set_snapshot_quota(self, limit: int) -> None:
+        """Set the organisation's snapshot limit (-1: unlimited). ValueError for a bad one."""
+        self._state.set_snapshot_quota(limit)
+
+    def wait_for_fetches(self, timeout: float = 60.0) -> None:
+        """Wait until every template URL being read by register-template has been read.
+
+        Registrations then end as soon as their delay has passed (tests that poll once
+        call this first, like :meth:`image_md5` for exports).
+
+        Raises:
+          TimeoutError: When some are still being read after ``timeout`` seconds.
+        """
+        if not self._state.wait_for_fetches(timeout):
+            raise TimeoutError(f"template URLs still being read after {timeout:g}s")
+
     def set_faults(self, faults: Faults | None, snapshot_id: str | None = None) -> None:
         """Set the faults (None clears them) globally or, with ``snapshot_id``, for one snapshot.
 
@@ -204,7 +280,18 @@ class Simulator:
         Downloads(self._state).add_routes(app)
         Control(self._state).add_routes(app)
         server = _ServerThread(app, host, port)
-        server.start()
+        fetcher = TemplateFetcher(server.loop)
+
+        async def stop_fetches(app: web.Application) -> None:
+            await fetcher.close()  # registrations in flight end as interrupted
+
+        app.on_shutdown.append(stop_fetches)
+        self._state.fetcher = fetcher
+        try:
+            server.start()
+        except BaseException:
+            self._state.fetcher = None
+            raise
         self._server = server
         reachable = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
         if ":" in reachable:
@@ -214,6 +301,7 @@ class Simulator:
             yield self
         finally:
             server.stop()
+            self._state.fetcher = None
             self._server = None
             self._authority = None
 

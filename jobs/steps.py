@@ -11,8 +11,6 @@ decide between retry and failure with :func:`fail`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -21,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.context import Context
+from jobs.watch import LEASE_MARGIN, TransferWatch
 from worker.archive import ArchiveId, ArchiveStore
 from worker.errors import (
     ArchiveExists,
@@ -29,7 +28,7 @@ from worker.errors import (
     describe,
     is_permanent,
 )
-from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore
+from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.models import Snapshot
 from worker.polling import poll_interval
 from worker.transfer import (
@@ -44,13 +43,6 @@ from worker.transfer import (
 logger = logging.getLogger(__name__)
 
 PROVIDER = "exoscale"
-#: Seconds between progress writes to the job store (and checks for a cancel request).
-PROGRESS_INTERVAL = 1.0
-#: Seconds a job store call beside a transfer may take before the store counts as unreachable.
-STORE_CALL_TIMEOUT = 5.0
-#: Seconds of slack around a lease's expiry: a transfer whose lease may expire within them
-#: stops, and a worker waiting for another's lease looks again this long after it expires.
-LEASE_MARGIN = 1.0
 #: Seconds a cancel or a failure holds the lease while it drops what the transfer left.
 CLEANUP_LEASE = 300.0
 #: Seconds before a transfer that made progress and then failed for a transient reason goes
@@ -66,7 +58,7 @@ class Next:
     delay: float = 0.0
 
 
-Step = Callable[[Context, str, str], Awaitable[Next | None]]
+StepFunction = Callable[[Context, str, str], Awaitable[Next | None]]
 
 
 def run_token(ctx: Context) -> str:
@@ -98,7 +90,7 @@ async def finish_cancelled(
         return
     try:
         await discard_job_transfer(store, archive, zone, snapshot_id)
-        await store.update(zone, snapshot_id, step="cancelled", error="cancelled by operator")
+        await store.update(zone, snapshot_id, step=Step.CANCELLED, error="cancelled by operator")
     finally:
         await store.release_lease(zone, snapshot_id, owner)
 
@@ -135,17 +127,17 @@ async def start_export(ctx: Context, zone: str, snapshot_id: str) -> Next | None
     manifest = await ctx.archive.find_archive(PROVIDER, zone, snapshot_id)
     if manifest is not None:
         result = ctx.archive.result_from_manifest(manifest)
-        await ctx.store.update(zone, snapshot_id, step="done", result=summary(result))
+        await ctx.store.update(zone, snapshot_id, step=Step.DONE, result=summary(result))
         return None
     snapshot = await ctx.exoscale.get_snapshot(zone, snapshot_id)
     now = time.time()
     if _exported(snapshot):
-        await ctx.store.update(zone, snapshot_id, step="transferring")
+        await ctx.store.update(zone, snapshot_id, step=Step.TRANSFERRING)
         return Next("transfer_snapshot")
     if snapshot.state == "exporting":
         # Someone else's export is under way: wait for the snapshot, not for an operation.
         await ctx.store.update(
-            zone, snapshot_id, step="awaiting-export", operation_id=None, wait_started_at=now
+            zone, snapshot_id, step=Step.AWAITING_EXPORT, operation_id=None, wait_started_at=now
         )
         return Next("await_export", poll_interval(0))
     if snapshot.state != "ready":
@@ -154,7 +146,7 @@ async def start_export(ctx: Context, zone: str, snapshot_id: str) -> Next | None
         )
     operation = await ctx.exoscale.export_snapshot(zone, snapshot_id)
     await ctx.store.update(
-        zone, snapshot_id, step="awaiting-export", operation_id=operation.id, wait_started_at=now
+        zone, snapshot_id, step=Step.AWAITING_EXPORT, operation_id=operation.id, wait_started_at=now
     )
     return Next("await_export", poll_interval(0))
 
@@ -176,7 +168,7 @@ async def await_export(ctx: Context, zone: str, snapshot_id: str) -> Next | None
             return Next("await_export", check.next_check_in)
     snapshot = await ctx.exoscale.get_snapshot(zone, snapshot_id)
     if _exported(snapshot):
-        await ctx.store.update(zone, snapshot_id, step="transferring")
+        await ctx.store.update(zone, snapshot_id, step=Step.TRANSFERRING)
         return Next("transfer_snapshot")
     if snapshot.state == "exporting":
         return Next("await_export", poll_interval(elapsed))
@@ -204,7 +196,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
             # The export went away (expired, or the snapshot was re-exported): start over.
             return Next("start_export")
         saved = await load_checkpoint(ctx.store, zone, snapshot_id)
-        watch = _TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
+        watch = TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
         try:
             result = await archive_export(
                 _source(ctx, zone, snapshot),
@@ -269,7 +261,7 @@ async def _finish(ctx: Context, zone: str, snapshot_id: str, result: ArchiveResu
     await ctx.store.update(
         zone,
         snapshot_id,
-        step="done",
+        step=Step.DONE,
         result=summary(result),
         bytes_done=result.size,
         bytes_total=result.size,
@@ -311,164 +303,7 @@ def _source(ctx: Context, zone: str, snapshot: Snapshot) -> ExportSource:
     )
 
 
-class _TransferWatch:
-    """Beside a running transfer: saves checkpoints and progress, renews the lease, notices a
-    cancel.
-
-    Sets :attr:`stop` when the process shuts down, the transfer slice is over, an operator
-    cancels, or the lease is lost. The transfer rides through a job store that is briefly
-    unreachable (a Redis restart or failover): a checkpoint it could not save is saved once
-    the store answers again, and the transfer stops only when the lease could have expired
-    meanwhile (then another worker may take the job over).
-    """
-
-    def __init__(
-        self, ctx: Context, zone: str, snapshot_id: str, owner: str, leased_at: float
-    ) -> None:
-        """Start watching the transfer that holds the lease as ``owner`` since ``leased_at``
-        (when the lease was asked for, ``time.monotonic``)."""
-        self.ctx, self.zone, self.snapshot_id, self.owner = ctx, zone, snapshot_id, owner
-        self.stop = asyncio.Event()
-        self.cancelled = False
-        self.lease_lost = False
-        #: A checkpoint came during this run: the transfer moved on.
-        self.progressed = False
-        # Whether the newest checkpoint carries the MD5 state: only then can a slice end
-        # without hashing the whole prefix again on resume.
-        self._resumable = True
-        self._done = 0
-        self._total: int | None = None
-        # The lease is surely ours until then (monotonic) unless renewed.
-        self._renewed = leased_at
-        self._lease_until = leased_at + ctx.settings.lease_ttl
-        # The newest checkpoint not saved yet, and the lock that keeps saves in order.
-        self._unsaved: dict[str, Any] | None = None
-        self._saving = asyncio.Lock()
-        self._unreachable = False
-        self._closed = False
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def progress(self, done: int, total: int) -> None:
-        self._done, self._total = done, total
-
-    async def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """The transfer's ``on_checkpoint``: save it, or keep it for later if the store is
-        unreachable (a failure here must not end the transfer: it would abort its uploads)."""
-        self._unsaved = checkpoint.to_dict()
-        self.progressed = True
-        self._resumable = checkpoint.md5_state is not None or checkpoint.offset == 0
-        if self._unreachable:
-            return  # saved by the watch once the store answers: the transfer does not wait
-        try:
-            await self._save()
-        except STORE_UNREACHABLE as error:
-            self._store_unreachable(error)
-
-    async def _save(self) -> None:
-        """Save the newest unsaved checkpoint while the lease is ours."""
-        async with self._saving:
-            data = self._unsaved
-            if data is None or self.lease_lost:
-                return
-            if not await asyncio.wait_for(
-                self.ctx.store.save_checkpoint(self.zone, self.snapshot_id, data, self.owner),
-                STORE_CALL_TIMEOUT,
-            ):
-                self._lose_lease()
-                return
-            if self._unsaved is data:
-                self._unsaved = None
-
-    def _lose_lease(self) -> None:
-        if not self.lease_lost:
-            logger.warning("%s/%s: the lease may be lost; stopping", self.zone, self.snapshot_id)
-        self.lease_lost = True
-        self.stop.set()
-
-    def _store_unreachable(self, error: BaseException) -> None:
-        if not self._unreachable:
-            logger.warning(
-                "%s/%s: the job store is unreachable (%s); the transfer goes on",
-                self.zone,
-                self.snapshot_id,
-                str(error) or type(error).__name__,
-            )
-        self._unreachable = True
-
-    async def _run(self) -> None:
-        ctx = self.ctx
-        started = time.monotonic()
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.shutdown.wait(), PROGRESS_INTERVAL)
-            sliced = time.monotonic() - started > ctx.settings.transfer_slice
-            if ctx.shutdown.is_set() or (sliced and self._resumable):
-                # Shutting down, or this message has run its slice: checkpoint and hand over.
-                # (Without the MD5 state, handing over would mean hashing everything again.)
-                self.stop.set()
-                break
-            # A store that does not answer is given up on before the lease could expire.
-            deadline = self._lease_until - LEASE_MARGIN - time.monotonic()
-            try:
-                await asyncio.wait_for(self._look(), max(0.1, min(STORE_CALL_TIMEOUT, deadline)))
-            except STORE_UNREACHABLE as error:
-                self._store_unreachable(error)
-            else:
-                if self._unreachable:
-                    logger.info("%s/%s: the job store is back", self.zone, self.snapshot_id)
-                self._unreachable = False
-            if not self.stop.is_set() and time.monotonic() > self._lease_until - LEASE_MARGIN:
-                # It may expire before the store answers again: another worker may take over.
-                self._lose_lease()
-
-    async def _look(self) -> None:
-        """One round: save what is unsaved, write progress, look for a cancel, renew."""
-        ctx, zone, snapshot_id = self.ctx, self.zone, self.snapshot_id
-        await self._save()
-        await ctx.store.update(zone, snapshot_id, bytes_done=self._done, bytes_total=self._total)
-        job = await ctx.store.get(zone, snapshot_id)
-        if job is not None and job.cancel_requested:
-            self.cancelled = True
-            self.stop.set()
-        ttl = ctx.settings.lease_ttl
-        if self._unreachable or time.monotonic() - self._renewed > ttl / 3:
-            asked = time.monotonic()
-            if not await ctx.store.renew_lease(zone, snapshot_id, self.owner, ttl):
-                self._lose_lease()
-                return
-            self._renewed = asked
-            self._lease_until = asked + ttl
-
-    async def close(self, save: bool = True) -> None:
-        """Stop watching; unless told not to ``save``, save the last checkpoint and progress
-        if the store answers and the lease is still ours."""
-        if self._closed:
-            return
-        self._closed = True
-        self.stop.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if not save or self.lease_lost:
-            return
-        try:
-            await self._save()
-            if self._total is not None and not self.lease_lost:
-                await asyncio.wait_for(
-                    self.ctx.store.update(
-                        self.zone, self.snapshot_id, bytes_done=self._done, bytes_total=self._total
-                    ),
-                    STORE_CALL_TIMEOUT,
-                )
-        except STORE_UNREACHABLE as error:
-            # The saved checkpoint is older; the resume finds the parts stored since in the
-            # store (ListParts) and checks them instead of uploading them again.
-            logger.warning(
-                "%s/%s: cannot save the last checkpoint: %s", self.zone, self.snapshot_id, error
-            )
-
-
-STEPS: dict[str, Step] = {
+STEPS: dict[str, StepFunction] = {
     "start_export": start_export,
     "await_export": await_export,
     "transfer_snapshot": transfer_snapshot,
@@ -486,4 +321,4 @@ async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) 
             await discard_job_transfer(ctx.store, ctx.archive, zone, snapshot_id)
         finally:
             await ctx.store.release_lease(zone, snapshot_id, owner)
-    await ctx.store.update(zone, snapshot_id, step="failed", error=reason)
+    await ctx.store.update(zone, snapshot_id, step=Step.FAILED, error=reason)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from worker.jobstore import UNREADABLE, MemoryJobStore, RedisJobStore, find_jobs
+from worker.jobstore import MemoryJobStore, RedisJobStore, Step, find_jobs
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ZONE = "ch-gva-2"
@@ -91,12 +91,12 @@ async def test_an_unreadable_record_is_reported_and_replaced_by_a_claim(store, k
 
     record = await store.get(ZONE, snapshot_id)
 
-    assert record.step == UNREADABLE and not record.active
+    assert record.step == Step.UNREADABLE and not record.active
     assert record.zone == ZONE and record.snapshot_id == snapshot_id
     assert record.error.startswith("unreadable job record (")
     assert "many" not in record.error and "yesterday" not in record.error  # names, not values
-    assert [r.step for r in await store.list()] == [UNREADABLE]
-    assert [r.step for r in await find_jobs(store, snapshot_id)] == [UNREADABLE]
+    assert [r.step for r in await store.list()] == [Step.UNREADABLE]
+    assert [r.step for r in await find_jobs(store, snapshot_id)] == [Step.UNREADABLE]
     assert await store.update(ZONE, snapshot_id, bytes_done=1)  # it exists: not replaced
 
     fresh, created = await store.claim(ZONE, snapshot_id)
@@ -132,9 +132,9 @@ async def test_a_claim_is_undone_only_while_untouched(any_store) -> None:
     assert [r.snapshot_id for r in await any_store.list()] == []
 
     record, _ = await any_store.claim(ZONE, "b")
-    await any_store.update(ZONE, "b", step="exporting")  # a worker took it meanwhile
+    await any_store.update(ZONE, "b", step=Step.AWAITING_EXPORT)  # a worker took it meanwhile
     assert not await any_store.discard(record)
-    assert (await any_store.get(ZONE, "b")).step == "exporting"
+    assert (await any_store.get(ZONE, "b")).step == Step.AWAITING_EXPORT
 
 
 async def test_a_done_job_is_replaced_only_when_asked(any_store) -> None:

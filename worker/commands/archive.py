@@ -12,7 +12,7 @@ import time
 from worker.archive import ArchiveStore
 from worker.commands import args as types
 from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json, report
-from worker.jobstore import UNREADABLE, JobRecord, JobStore, MemoryJobStore, RedisJobStore
+from worker.jobstore import JobRecord, JobStore, MemoryJobStore, RedisJobStore, Step
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
 
@@ -65,7 +65,7 @@ async def _claim(
       The record, whether it was created now, and a note for the user.
     """
     record, created = await store.claim(zone, snapshot_id)
-    if record.step == "done":
+    if record.step == Step.DONE:
         if await archive.find_archive(PROVIDER, zone, snapshot_id) is not None:
             return record, False, "already archived"
         record, created = await store.claim(zone, snapshot_id, replace_done=True)
@@ -141,9 +141,9 @@ async def archive_here(
     ctx = Context.create(settings, store or MemoryJobStore())
     try:
         record, created, note = await _claim(ctx.store, ctx.archive, zone, snapshot_id)
-        if record.step == UNREADABLE:
+        if record.step == Step.UNREADABLE:
             return _unreadable(record)
-        if record.step == "done":
+        if record.step == Step.DONE:
             return _report_done(record, note, as_json)
         if not created:
             print(f"{zone}/{snapshot_id}: {note}; running its steps here too", file=sys.stderr)
@@ -177,7 +177,7 @@ def _message_due(record: JobRecord, created: bool) -> str | None:
     if record.sent_at is None:
         # A send that failed or never completed, or a job an ``archive --local`` run started.
         return f"sent again: no message was ever sent for the job ({record.step})"
-    if record.step == "queued" and time.time() - record.sent_at > RESEND_AFTER:
+    if record.step == Step.QUEUED and time.time() - record.sent_at > RESEND_AFTER:
         return f"sent again: still queued {RESEND_AFTER / 60:.0f} min after its message"
     return None
 
@@ -218,9 +218,9 @@ async def _queue(settings: Settings, args: argparse.Namespace) -> int:
                     f"snaparchive: error: {job_id}: its job record keeps vanishing", file=sys.stderr
                 )
                 return 1
-        if record.step == UNREADABLE:
+        if record.step == Step.UNREADABLE:
             return _unreadable(record)
-        if record.step == "done":
+        if record.step == Step.DONE:
             return _report_done(record, note, args.json)
         if not args.wait:
             if args.json:

@@ -9,7 +9,7 @@ import time
 
 from worker.archive import ArchiveStore
 from worker.commands import args as types
-from worker.jobstore import UNREADABLE, RedisJobStore, find_jobs
+from worker.jobstore import RedisJobStore, Step, find_jobs
 from worker.settings import load
 
 #: Seconds to wait for the transferring worker to stop, at least. A worker that died holds
@@ -42,13 +42,13 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             print(f"snaparchive: error: no job for {where}", file=sys.stderr)
             return 1
         zone = record.zone
-        if record.step == UNREADABLE:
+        if record.step == Step.UNREADABLE:
             # No step works on it any more; what it left open is gc's (once no lease holds it).
             print(f"snaparchive: error: {zone}/{snapshot_id}: {record.error}", file=sys.stderr)
             return 1
         if not record.active:
             print(f"{zone}/{snapshot_id}: nothing to cancel, the job is {record.step}")
-            return 0 if record.step == "cancelled" else 1
+            return 0 if record.step == Step.CANCELLED else 1
         # The flag first: a step running right now sees it at its next look.
         if not await store.update(zone, snapshot_id, cancel_requested=True):
             print(f"snaparchive: error: the job of {zone}/{snapshot_id} is gone", file=sys.stderr)
@@ -67,7 +67,7 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             await asyncio.sleep(0.5)
             record = await store.get(zone, snapshot_id)
         record = await store.get(zone, snapshot_id)
-        if record is not None and record.step == "cancelled":
+        if record is not None and record.step == Step.CANCELLED:
             print(f"{zone}/{snapshot_id}: cancelled; its multipart uploads are aborted")
             return 0
         print(

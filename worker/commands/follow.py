@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from worker.errors import SnaparchiveError
-from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore
+from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.progress import ProgressDisplay
 from worker.units import format_size
 
@@ -30,9 +30,8 @@ class FollowError(SnaparchiveError):
 
 # "queued" has no note: ``archive`` says so itself when it queues the job.
 STEP_NOTES = {
-    "exporting": "starting the export",
-    "awaiting-export": "waiting for Exoscale to export the snapshot",
-    "transferring": "streaming, verifying and archiving",
+    Step.AWAITING_EXPORT: "waiting for Exoscale to export the snapshot",
+    Step.TRANSFERRING: "streaming, verifying and archiving",
 }
 
 
@@ -96,7 +95,7 @@ async def follow(
         if display is not None:
             if record.step != last_step and record.step in STEP_NOTES:
                 display.note(f"{zone}/{snapshot_id}: {STEP_NOTES[record.step]}")
-            if record.step == "transferring" and record.bytes_total:
+            if record.step == Step.TRANSFERRING and record.bytes_total:
                 display.update(record.bytes_done, record.bytes_total)
         last_step = record.step
         if not record.active:
@@ -132,7 +131,7 @@ def report(record: JobRecord, as_json: bool) -> int:
     """Print a finished job's outcome; return the exit status (0 only when archived)."""
     if as_json:
         print(json.dumps(outcome_json(record), indent=2))
-    elif record.step == "done" and record.result:
+    elif record.step == Step.DONE and record.result:
         result = record.result
         print(
             f"archived {record.zone}/{record.snapshot_id}: {format_size(result['size'])}, "
@@ -141,7 +140,7 @@ def report(record: JobRecord, as_json: bool) -> int:
         print(f"  manifest: s3://{result['bucket']}/{result['manifest']}")
         for obj in result["objects"]:
             print(f"  object:   s3://{result['bucket']}/{obj['key']} ({format_size(obj['size'])})")
-    if record.step == "done":
+    if record.step == Step.DONE:
         return 0
     print(f"snaparchive: error: {record.error or record.step}", file=sys.stderr)
     return 1

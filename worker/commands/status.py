@@ -10,7 +10,7 @@ import time
 
 from worker.commands import args as types
 from worker.commands.follow import outcome_json
-from worker.jobstore import JobRecord, RedisJobStore, find_jobs
+from worker.jobstore import JobRecord, RedisJobStore, Step, find_jobs
 from worker.settings import load
 from worker.units import format_size
 
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _progress(record: JobRecord) -> str:
-    if record.step == "done" and record.result:
+    if record.step == Step.DONE and record.result:
         return format_size(record.result["size"])
     if record.bytes_total:
         share = record.bytes_done / record.bytes_total

@@ -1,0 +1,93 @@
+"""Where jobs keep their state: step, operation, progress, result, lease, checkpoint.
+
+Jobs are keyed by (zone, snapshot id): at most one active job per snapshot. The Redis store
+(:mod:`.redis_store`) is shared by every worker, so ``snaparchive status`` works from any
+machine; ``snaparchive archive --local`` uses it too when Redis answers, and the memory store
+(:mod:`.memory_store`) otherwise (and in ``snaparchive demo``). Both satisfy :class:`JobStore`
+and behave alike, leases included. Records: :mod:`.record`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from worker.jobstore.memory_store import MemoryJobStore
+from worker.jobstore.record import TERMINAL, JobRecord, Step
+from worker.jobstore.redis_store import STORE_UNREACHABLE, RedisJobStore
+from worker.settings import EXOSCALE_ZONES
+
+__all__ = [
+    "STORE_UNREACHABLE",
+    "TERMINAL",
+    "JobRecord",
+    "JobStore",
+    "MemoryJobStore",
+    "RedisJobStore",
+    "Step",
+    "find_jobs",
+]
+
+
+class JobStore(Protocol):
+    """What the steps and the CLI need from a job store.
+
+    Leases belong to one run (an ``owner`` token): only the holder renews or releases a lease
+    and saves the checkpoint, and an expired lease is free.
+    """
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """Whether the store answers now."""
+        ...
+
+    async def claim(
+        self, zone: str, snapshot_id: str, *, replace_done: bool = False
+    ) -> tuple[JobRecord, bool]:
+        """Create the job of a snapshot, or return the one that exists (and ``False``)."""
+        ...
+
+    async def discard(self, record: JobRecord) -> bool:
+        """Delete a job just claimed, if it is still queued and untouched."""
+        ...
+
+    async def get(self, zone: str, snapshot_id: str) -> JobRecord | None: ...
+
+    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> bool:
+        """Set fields of a job that exists; ``False`` (nothing written) when it does not."""
+        ...
+
+    async def list(self, limit: int = 100) -> list[JobRecord]: ...
+
+    async def save_checkpoint(
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
+    ) -> bool:
+        """Store the checkpoint if ``owner`` holds the lease; whether it did."""
+        ...
+
+    async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None: ...
+
+    async def clear_checkpoint(self, zone: str, snapshot_id: str) -> None: ...
+
+    async def acquire_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
+        """Take (or renew, for its holder) the lease for ``ttl`` seconds; whether it did."""
+        ...
+
+    async def renew_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool: ...
+
+    async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None: ...
+
+    async def lease_left(self, zone: str, snapshot_id: str) -> float:
+        """Seconds until the lease expires; 0 when nobody holds it."""
+        ...
+
+
+async def find_jobs(store: JobStore, snapshot_id: str, zone: str | None = None) -> list[JobRecord]:
+    """The jobs of ``snapshot_id`` in ``zone`` (default: in any zone), the running one first.
+
+    Snapshot ids are UUIDs, unique across zones, so there is at most one in practice; a direct
+    look in each zone finds it however many other jobs the store holds.
+    """
+    records = [await store.get(z, snapshot_id) for z in ((zone,) if zone else EXOSCALE_ZONES)]
+    found = [r for r in records if r is not None]
+    return sorted(found, key=lambda r: (r.active, r.updated_at), reverse=True)

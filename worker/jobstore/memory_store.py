@@ -1,0 +1,112 @@
+"""Job state in this process only, with the same contract as the Redis store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from worker.jobstore.record import REPLACEABLE, JobRecord, Step, new_record
+
+
+class MemoryJobStore:
+    """Job state in this process only: ``archive --local`` when Redis does not answer, and
+    ``snaparchive demo``. Same contract as :class:`RedisJobStore`, leases included (an owner
+    token and an expiry), within this process."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobRecord] = {}
+        self.checkpoints: dict[str, dict[str, Any]] = {}
+        #: ``{zone}:{id}`` → (owner, expiry on the ``time.monotonic`` clock).
+        self.leases: dict[str, tuple[str, float]] = {}
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def ping(self) -> bool:
+        return True
+
+    async def claim(
+        self, zone: str, snapshot_id: str, *, replace_done: bool = False
+    ) -> tuple[JobRecord, bool]:
+        key = f"{zone}:{snapshot_id}"
+        existing = self.jobs.get(key)
+        replaceable = REPLACEABLE | {Step.DONE} if replace_done else REPLACEABLE
+        if existing is not None and existing.step not in replaceable:
+            return replace(existing), False
+        self.jobs[key] = new_record(zone, snapshot_id)
+        self.checkpoints.pop(key, None)
+        return replace(self.jobs[key]), True
+
+    async def discard(self, record: JobRecord) -> bool:
+        current = self.jobs.get(record.key)
+        untouched = current is not None and current.updated_at == record.updated_at
+        if current is None or current.step != Step.QUEUED or not untouched:
+            return False
+        del self.jobs[record.key]
+        return True
+
+    async def get(self, zone: str, snapshot_id: str) -> JobRecord | None:
+        # A copy, as Redis returns: what a caller holds does not change under it.
+        record = self.jobs.get(f"{zone}:{snapshot_id}")
+        return replace(record) if record is not None else None
+
+    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> bool:
+        record = self.jobs.get(f"{zone}:{snapshot_id}")
+        if record is None:
+            return False
+        for name, value in changes.items():
+            setattr(record, name, value)
+        record.updated_at = time.time()
+        return True
+
+    async def list(self, limit: int = 100) -> list[JobRecord]:
+        return [replace(r) for r in sorted(self.jobs.values(), key=lambda r: -r.updated_at)][:limit]
+
+    def _holder(self, key: str) -> str | None:
+        """The owner of a live lease, dropping an expired one."""
+        held = self.leases.get(key)
+        if held is not None and held[1] <= time.monotonic():
+            del self.leases[key]
+            held = None
+        return held[0] if held else None
+
+    async def save_checkpoint(
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
+    ) -> bool:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) != owner:
+            return False
+        self.checkpoints[key] = data
+        return True
+
+    async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None:
+        return self.checkpoints.get(f"{zone}:{snapshot_id}")
+
+    async def clear_checkpoint(self, zone: str, snapshot_id: str) -> None:
+        self.checkpoints.pop(f"{zone}:{snapshot_id}", None)
+
+    async def acquire_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) not in (None, owner):
+            return False
+        self.leases[key] = (owner, time.monotonic() + ttl)
+        return True
+
+    async def renew_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) != owner:
+            return False
+        self.leases[key] = (owner, time.monotonic() + ttl)
+        return True
+
+    async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) == owner:
+            del self.leases[key]
+
+    async def lease_left(self, zone: str, snapshot_id: str) -> float:
+        key = f"{zone}:{snapshot_id}"
+        if self._holder(key) is None:
+            return 0.0
+        return max(0.0, self.leases[key][1] - time.monotonic())

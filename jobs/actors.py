@@ -7,7 +7,10 @@ polling an export never sleeps in a worker thread. Messages carry only the zone 
 snapshot id; credentials come from each worker's environment.
 
 Transient errors are retried by Dramatiq with backoff, up to :data:`MAX_RETRIES`;
-permanent ones, and transient ones on the last retry, end the job as failed.
+permanent ones, and transient ones on the last retry, end the job as failed. What leaves
+an actor is a :class:`StepRetry` holding only :func:`~worker.errors.describe`'s words:
+Dramatiq logs that exception and keeps its traceback in the retried message, and the
+text of a foreign exception (aiohttp's, botocore's) can hold URLs and headers.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from dramatiq.middleware import CurrentMessage, Middleware
 from jobs.context import Context
 from jobs.steps import STEPS, Next, fail
 from worker import settings as settings_module
-from worker.broker import make_broker
-from worker.errors import SnaparchiveError
+from worker.broker import make_broker, safe_traceback
+from worker.errors import SnaparchiveError, describe
 from worker.jobstore import RedisJobStore
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,13 @@ STORE_WAIT_MAX = 10.0
 #: Polling steps are short; the transfer runs for one slice (SNAPARCHIVE_TRANSFER_SLICE).
 SHORT_TIME_LIMIT = 5 * 60 * 1000
 _context: Context | None = None
+
+
+class StepRetry(dramatiq.Retry, SnaparchiveError):
+    """A step failed for a moment; Dramatiq retries it with backoff (and logs nothing:
+    :func:`_drive` has logged the failure in its own words, the only ones it carries)."""
+
+    permanent = False
 
 
 async def _get_context() -> Context:
@@ -87,7 +97,6 @@ async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> N
         if permanent or last_try:
             await fail(ctx, zone, snapshot_id, error)
             return None
-        logger.warning("%s %s/%s: %s (will retry)", name, zone, snapshot_id, error)
         raise
     if following is not None:
         # Its message may go to a broker that is this very Redis.
@@ -98,13 +107,21 @@ async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> N
 def _drive(name: str, zone: str, snapshot_id: str) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
-    following = get_event_loop_thread().run_coroutine(
-        _run_step(name, zone, snapshot_id, last_try=retries >= MAX_RETRIES)
-    )
-    if following is not None:
-        ACTORS[following.step].send_with_options(
-            args=(zone, snapshot_id), delay=int(following.delay * 1000)
+    try:
+        following = get_event_loop_thread().run_coroutine(
+            _run_step(name, zone, snapshot_id, last_try=retries >= MAX_RETRIES)
         )
+        if following is not None:
+            ACTORS[following.step].send_with_options(
+                args=(zone, snapshot_id), delay=int(following.delay * 1000)
+            )
+    except Exception as error:
+        reason = describe(error)
+        logger.warning("%s %s/%s: %s (will retry)", name, zone, snapshot_id, reason)
+        if not isinstance(error, SnaparchiveError):
+            # A bug, most likely: where it happened, without the exception's text.
+            logger.warning("%s", safe_traceback(error))
+        raise StepRetry(f"{name} {zone}/{snapshot_id}: {reason}") from None
 
 
 _settings = settings_module.load()

@@ -27,8 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import boto3
+import urllib3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, InvalidRegionError
 
@@ -54,7 +56,10 @@ MANIFEST_LIMIT = 1 << 20
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_NAME = re.compile(r"image(\.seg\d{5})?")
 #: Attempts per S3 call, first one included (botocore ``standard`` mode backs off up to 20 s).
+#: botocore's ``total_max_attempts`` counts attempts; its ``max_attempts`` counts retries.
 S3_MAX_ATTEMPTS = 8
+#: An S3 error code as AWS writes them; anything else in its place is not shown.
+_ERROR_CODE = re.compile(r"^[A-Za-z0-9.]{1,64}$")
 
 
 def s3_client(settings: S3Settings, *, max_pool_connections: int = 10) -> Any:
@@ -74,7 +79,7 @@ def s3_client(settings: S3Settings, *, max_pool_connections: int = 10) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": settings.addressing_style, "payload_signing_enabled": False},
-        retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
         max_pool_connections=max_pool_connections,
         connect_timeout=30,
         read_timeout=300,
@@ -451,6 +456,9 @@ class ArchiveStore:
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         self.client = client or s3_client(settings, max_pool_connections=max_workers + 2)
+        # Errors name the store by host (and port) only.
+        endpoint = urlsplit(str(getattr(self.client.meta, "endpoint_url", "") or ""))
+        self._endpoint = endpoint.netloc.rpartition("@")[2] or "the store"
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="s3")
         # Flipped off the first time the store answers If-None-Match with NotImplemented.
         self.conditional_writes = True
@@ -466,18 +474,24 @@ class ArchiveStore:
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
 
     async def _call(self, what: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        """Run ``fn(**kwargs)`` in the pool; a transport failure becomes :class:`StoreError`."""
+        """Run ``fn(**kwargs)`` in the pool; a transport failure becomes :class:`StoreError`.
+
+        :class:`ClientError` (an answer from the store) goes to the caller, which knows
+        which codes it expects; it turns the rest into :meth:`_error`. Neither message
+        quotes botocore's text: it holds the endpoint URL, the key and the upload id.
+        """
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, **kwargs))
-        except BotoCoreError as exc:
-            raise StoreError(f"S3 {what} failed: {exc}") from None
+        except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as exc:
+            failure = f"S3 {what} failed: {type(exc).__name__} ({self._endpoint})"
+        raise StoreError(failure)
 
-    @staticmethod
-    def _error(what: str, exc: ClientError) -> StoreError:
+    def _error(self, what: str, exc: ClientError) -> StoreError:
+        """The store's refusal, by its HTTP status and error code (not its free text)."""
         code, status = _code(exc)
-        message = exc.response.get("Error", {}).get("Message", "")
-        return StoreError(f"S3 {what} failed: HTTP {status} {code} {message}".rstrip())
+        shown = f"HTTP {status} {code}" if _ERROR_CODE.match(code) else f"HTTP {status}"
+        return StoreError(f"S3 {what} failed: {shown} ({self._endpoint})")
 
     # -- keys ------------------------------------------------------------------------------
 

@@ -14,7 +14,10 @@ reopened with ``Range: bytes=OFFSET-`` pinned by ``If-Range`` to the first
 response's ETag (or Last-Modified), so the stream continues where it stopped
 and a changed file is detected instead of spliced. A 401/403 (expired URL) asks
 the source for a fresh URL and continues. 5xx and 429 answers are retried.
-Consecutive failures without progress are bounded by :class:`DownloadRetry`.
+A connection slower than a minimal rate is reopened the same way. Failures in a row
+without progress are bounded by :class:`DownloadRetry`, and so the time an unreachable
+or trickling host takes to fail. aiohttp's exceptions are never shown: their text
+holds the URL.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import fnmatch
 import ipaddress
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -48,8 +52,28 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+#: A DNS name as the client will resolve it: labels of letters, digits, ``-`` and ``_``, none
+#: empty. Everything else (NUL and other control characters, spaces, ``;``, ``\\``, ``%``,
+#: a trailing dot) is refused: resolvers read such names in ways a pattern match does not.
+_HOSTNAME = re.compile(r"^[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$")
+
+
+def _valid_host(host: str) -> bool:
+    if ":" in host:  # only an IPv6 literal has colons in it
+        try:
+            return ipaddress.IPv6Address(host).scope_id is None
+        except ValueError:
+            return False
+    return bool(_HOSTNAME.match(host))
+
+
 def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
     """Return the host of ``url`` if the download policy allows it.
+
+    The URL is parsed twice, by :func:`urllib.parse.urlsplit` and by yarl exactly as the
+    request is made (``yarl.URL(url, encoded=True)``); where they disagree on the scheme,
+    host, port or user info, or where the host is not a plain DNS name or IP address, the
+    URL is refused: the host checked must be the host connected to.
 
     Parameters:
       url: The presigned URL.
@@ -58,14 +82,29 @@ def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
     Raises:
       DownloadRefused: Naming the host (never the URL) and the rule it breaks.
     """
+    malformed = DownloadRefused("refusing to download: the export URL is malformed")
+    # Control characters and spaces belong nowhere in a URL (they are sent %-encoded); the
+    # parsers drop some of them silently (tab, newline) and keep others (NUL).
+    if not url.isascii() or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise malformed
     try:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        port = parts.port
+        sent = yarl.URL(url, encoded=True)
+        sent_host = (sent.raw_host or "").lower()
     except ValueError:
-        raise DownloadRefused("refusing to download: the export URL is malformed") from None
-    if not host:
+        raise malformed from None
+    if not host and not sent_host:
         raise DownloadRefused("refusing to download: the export URL has no host")
+    if (
+        sent_host != host
+        or sent.scheme != parts.scheme.lower()
+        or sent.explicit_port != port
+        or (sent.raw_user, sent.raw_password) != (parts.username, parts.password)
+        or not _valid_host(host)
+    ):
+        raise malformed
     if parts.username is not None or parts.password is not None:
         raise DownloadRefused(f"refusing to download from {host}: URL carries user info")
     if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
@@ -80,30 +119,46 @@ def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
     return host
 
 
-DOWNLOAD_BACKOFF = RetryPolicy(attempts=12, base=0.5, cap=30.0)
+#: 8 attempts in a row; waits of 1 s doubling up to 15 s: 60 s of waiting at most.
+DOWNLOAD_BACKOFF = RetryPolicy(attempts=8, base=1.0, cap=15.0)
 
 
 @dataclass(frozen=True)
 class DownloadRetry:
-    """How long to keep trying when the download keeps failing without progress.
+    """How long to keep trying when the download keeps failing, and what counts as failing.
 
     Parameters:
-      backoff: Consecutive failed attempts (without a byte of progress) and the waits
-        between them; default 12 attempts from 0.5 s doubling up to 30 s (about 3.5
-        minutes of waiting in all).
+      backoff: Failed attempts in a row before the download gives up, and the waits between
+        them (default :data:`DOWNLOAD_BACKOFF`: 8 attempts, at most 60 s of waiting in all).
       url_refreshes: Fresh URLs to try in a row while the server keeps answering
         401/403; default 3.
+      connect_timeout: Seconds to resolve, connect, handshake and receive the response
+        headers; default 15.
+      min_bytes, window: The slowest connection kept. One that delivers fewer than
+        ``min_bytes`` in ``window`` seconds of waiting for data, or nothing at all for
+        ``window`` seconds, fails and is reopened from its offset with Range (default 64 KiB
+        in 60 s). Time the reader spends elsewhere (waiting for a free part buffer) is not
+        counted.
+
+    A failure counts towards ``backoff`` until ``min_bytes`` arrive after it, so a host
+    that trickles fails like one that is down. With the defaults, an unreachable host (or
+    one that never answers) fails the download within 3 minutes (8 tries of 15 s and 60 s
+    of waits), and a trickling one within 9 minutes (8 windows of 60 s and the waits).
     """
 
     backoff: RetryPolicy = DOWNLOAD_BACKOFF
     url_refreshes: int = 3
+    connect_timeout: float = 15.0
+    min_bytes: int = 64 * 1024
+    window: float = 60.0
 
 
 class Download:
     """One export file read in order from ``offset``, resuming across faults.
 
     Parameters:
-      session: The aiohttp session (its timeouts bound a stalled read).
+      session: The aiohttp session. Its timeouts do not apply: each request carries the
+        ones of ``retry``.
       url: The presigned URL (checked against the policy).
       refresh_url: Coroutine function returning a fresh presigned URL.
       allowed_hosts: Host patterns of the policy.
@@ -142,6 +197,17 @@ class Download:
         self._pending = memoryview(b"")
         self._failures = 0
         self._refreshes = 0
+        # Bytes handed out since the last failure or URL refresh (see DownloadRetry).
+        self._progress = 0
+        # The current connection's pace: bytes and seconds spent waiting in this window.
+        self._window_bytes = 0
+        self._window_waited = 0.0
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._retry.connect_timeout,
+            sock_connect=self._retry.connect_timeout,
+            sock_read=self._retry.window,
+        )
 
     async def open(self) -> int:
         """Connect (if not yet) and return the file size from the server."""
@@ -156,7 +222,7 @@ class Download:
         Fewer than ``len(view)`` only at the end of the file.
 
         Raises:
-          ShortRead: When the retries ran out without progress.
+          ShortRead: When the retries ran out (failures in a row without progress).
           TransferError: When the file changed under us; others as :meth:`_connect`.
         """
         filled = 0
@@ -168,19 +234,23 @@ class Download:
                 if self._response is None:
                     await self._connect()
                     continue
+                # Only our own words leave here: aiohttp's exceptions hold the URL.
+                failure: str | None = None
+                started = time.monotonic()
                 try:
                     # One received chunk as it is: read(n) and readany() join (copy) chunks.
                     chunk, chunk_end = await self._response.content.readchunk()
-                except (
-                    aiohttp.ClientPayloadError,
-                    aiohttp.ClientConnectionError,
-                    TimeoutError,
-                ) as exc:
-                    await self._failed(f"connection lost ({type(exc).__name__})")
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    failure = f"connection lost ({type(exc).__name__})"
+                else:
+                    if not chunk and not chunk_end:  # (b"", True) only marks a chunk boundary
+                        failure = "connection closed early"
+                    else:
+                        failure = self._too_slow(len(chunk), time.monotonic() - started)
+                if failure is not None:
+                    await self._failed(failure)
                     continue
                 if not chunk:
-                    if not chunk_end:  # (b"", True) only marks a chunked-encoding boundary
-                        await self._failed("connection closed early")
                     continue
                 self._pending = memoryview(chunk)
             take = min(len(self._pending), size - filled)
@@ -188,8 +258,10 @@ class Download:
             self._pending = self._pending[take:]
             filled += take
             self.offset += take
-            self._failures = 0
-            self._refreshes = 0
+            self._progress += take
+            if self._progress >= self._retry.min_bytes:
+                self._failures = 0
+                self._refreshes = 0
             if self._on_bytes is not None:
                 self._on_bytes(self.offset)
         return filled
@@ -209,10 +281,22 @@ class Download:
                 self._response.close()
             self._response = None
 
+    def _too_slow(self, received: int, waited: float) -> str | None:
+        """Count one read of the current connection; say why it is too slow, if it is."""
+        self._window_bytes += received
+        self._window_waited += waited
+        if self._window_waited < self._retry.window:
+            return None
+        if self._window_bytes < self._retry.min_bytes:
+            return f"fewer than {self._retry.min_bytes} bytes in {self._retry.window:g}s"
+        self._window_bytes, self._window_waited = 0, 0.0
+        return None
+
     async def _failed(self, reason: str) -> None:
-        """Count a failure without progress; wait before the next attempt, or give up."""
+        """Count a failure; wait before the next attempt, or give up."""
         self._drop()
         self._failures += 1
+        self._progress = 0
         where = f"at byte {self.offset}" + (f" of {self.total}" if self.total else "")
         if self._failures >= self._retry.backoff.attempts:
             raise ShortRead(
@@ -230,13 +314,32 @@ class Download:
             headers["Range"] = f"bytes={self.offset}-"
             if self.validator:
                 headers["If-Range"] = self.validator
+        # Only our own words leave here: aiohttp's exceptions hold the URL.
+        failure: str | None = None
         try:
-            response = await self._session.get(
-                yarl.URL(self._url, encoded=True), headers=headers, allow_redirects=False
-            )
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            await self._failed(f"cannot connect ({type(exc).__name__})")
+            async with asyncio.timeout(self._retry.connect_timeout):
+                response = await self._session.get(
+                    yarl.URL(self._url, encoded=True),
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                )
+        except aiohttp.InvalidURL:
+            raise DownloadRefused(
+                f"refusing to download from {self._host}: the URL is malformed"
+            ) from None
+        except aiohttp.ClientResponseError as exc:
+            # aiohttp refused the answer itself (a bad status line, a bad Content-Length,
+            # Content-Length with Transfer-Encoding, ...): a faulty server, retried like a 5xx.
+            failure = f"malformed response ({type(exc).__name__})"
+        except TimeoutError as exc:
+            failure = f"no answer within {self._retry.connect_timeout:g}s ({type(exc).__name__})"
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = f"cannot connect ({type(exc).__name__})"
+        if failure is not None:
+            await self._failed(failure)
             return
+        self._window_bytes, self._window_waited = 0, 0.0
         status = response.status
         if status in (200, 206):
             try:
@@ -295,6 +398,7 @@ class Download:
             raise AuthError(
                 f"download from {self._host}: HTTP {status} even with a fresh presigned URL", status
             )
+        self._progress = 0
         log.info("download from %s: HTTP %d, asking for a fresh URL", self._host, status)
         url = await self._refresh_url()
         self._host = check_download_url(url, self._allowed)

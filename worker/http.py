@@ -4,7 +4,10 @@
 429 (honouring ``Retry-After``), 5xx, connection resets and timeouts with capped
 backoff, never retries any other 4xx, and turns failures into the typed errors of
 :mod:`worker.errors` with messages that start with the service name and carry the
-server's own message. Query strings are left out of messages and logs.
+server's own message. Query strings are left out of messages and logs, and so is the text
+of aiohttp's exceptions (it holds the URL and the signed headers): a failure below HTTP is
+named by the host and the exception's class. Credentials we sent are cut out of the
+server's message, in case it quotes them back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import aiohttp
@@ -27,6 +31,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
 
 _RETRYABLE = {429, 500, 502, 503, 504}
+#: Request headers that carry credentials (lower case); also every header ``sign`` adds.
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "x-auth-token"}
 
 #: ``sign(method, url, body) -> headers``: called before every try, so retries are re-signed.
 Signer = Callable[[str, URL, bytes], Mapping[str, str]]
@@ -61,6 +67,27 @@ def error_message(payload: Any) -> str | None:
             if nested:
                 return nested
     return None
+
+
+def _authority(url: URL) -> str:
+    """``host`` or ``host:port`` of ``url``: what messages name instead of the URL."""
+    host = url.raw_host or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{url.explicit_port}" if url.explicit_port is not None else host
+
+
+def _secrets(headers: Mapping[str, str], signed: Collection[str]) -> set[str]:
+    """The credential header values sent, and their long pieces (a key, a signature, a token)."""
+    values = [v for k, v in headers.items() if k.lower() in _CREDENTIAL_HEADERS or k in signed]
+    pieces = {p for v in values for p in re.split(r"[\s,;=]+", v) if len(p) >= 20}
+    return {v for v in values if v} | pieces
+
+
+def _redact(text: str, secrets: Collection[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text
 
 
 def _describe_body(raw: bytes, content_type: str) -> str:
@@ -145,13 +172,18 @@ class JsonApi:
             target = target.update_query({k: str(v) for k, v in params.items()})
         body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
         what = f"{self.service}: {method} {target.path}"
+        host = _authority(target)
         for attempt in range(1, self.retry.attempts + 1):
             send_headers = {"Accept": "application/json", **(headers or {})}
             if body:
                 send_headers["Content-Type"] = "application/json"
+            signed: Mapping[str, str] = {}
             if sign is not None:
-                send_headers.update(sign(method, target, body))
+                signed = sign(method, target, body)
+                send_headers.update(signed)
             retry_after = None
+            # Only our own text leaves this block: aiohttp's exceptions hold the URL and headers.
+            failure: errors.ApiError | None = None
             try:
                 async with self.session.request(
                     method, target, data=body or None, headers=send_headers, allow_redirects=False
@@ -160,16 +192,28 @@ class JsonApi:
                     status = response.status
                     content_type = response.headers.get("Content-Type", "")
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                failure: errors.ApiError = errors.ServerError(
-                    f"{what}: connection failed ({type(exc).__name__})"
+            except aiohttp.InvalidURL:
+                # The endpoint setting is wrong: waiting will not fix it.
+                failure = errors.BadRequest(f"{what}: not a valid URL for host {host}")
+            except aiohttp.ClientResponseError as exc:
+                # aiohttp refused the answer itself (a bad status line, a bad Content-Length,
+                # Content-Length with Transfer-Encoding, ...): a faulty server, retried like a 5xx.
+                failure = errors.BadResponse(
+                    f"{what}: malformed HTTP response from {host} ({type(exc).__name__})"
                 )
-            else:
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failure = errors.ServerError(
+                    f"{what}: connection to {host} failed ({type(exc).__name__})"
+                )
+            if failure is None:
                 if 200 <= status < 300:
                     return self._decode(what, status, raw, content_type)
-                failure = self._error(what, status, raw, content_type, retry_after)
+                secrets = _secrets(send_headers, signed)
+                failure = self._error(what, status, raw, content_type, retry_after, secrets)
                 if status not in _RETRYABLE:
                     raise failure
+            elif failure.permanent:
+                raise failure
             if attempt == self.retry.attempts:
                 raise failure
             pause = self.retry.delay(attempt, retry_after)
@@ -190,12 +234,20 @@ class JsonApi:
             ) from None
 
     def _error(
-        self, what: str, status: int, raw: bytes, content_type: str, retry_after: float | None
+        self,
+        what: str,
+        status: int,
+        raw: bytes,
+        content_type: str,
+        retry_after: float | None,
+        secrets: Collection[str] = (),
     ) -> errors.ApiError:
         try:
             message = error_message(json.loads(raw)) if raw.strip() else None
         except ValueError:
             message = None
+        if message:
+            message = _redact(message, secrets)
         text = f"{what}: HTTP {status}: {message or _describe_body(raw, content_type)}"
         if status == 404:
             return errors.NotFound(text, status)

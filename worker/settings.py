@@ -31,6 +31,13 @@ DEFAULT_ENDPOINT = "https://api-{zone}.exoscale.com/v2"
 #: Dramatiq queue names; also safe inside Redis keys and RabbitMQ queue names.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
+#: The shortest ``SNAPARCHIVE_LEASE_TTL``, in seconds. The transfer watch (jobs.steps) renews
+#: the lease once a third of it has passed, on its next tick (PROGRESS_INTERVAL, 1 s), in a
+#: round of job store calls that may take STORE_CALL_TIMEOUT (5 s), and gives the lease up
+#: LEASE_MARGIN (1 s) before it expires: ttl / 3 + 1 + 5 <= ttl - 1 needs ttl >= 10.5.
+#: Below it a slow store stops transfers; at 1 s every transfer stops as soon as it starts.
+MIN_LEASE_TTL = 11
+
 
 def _size(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
@@ -42,7 +49,7 @@ def _size(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}: {exc}") from None
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if not raw:
         return default
@@ -50,9 +57,27 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}: not a whole number: {raw!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name}: must be at least 1, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
     return value
+
+
+def _host_patterns(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` as patterns; a value that names no host, or a
+    pattern that is a URL rather than a host, is refused (it would refuse every download)."""
+    name = "SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS"
+    raw = env.get(name) or "*.exo.io"
+    patterns = tuple(p.strip() for p in raw.split(","))
+    patterns = tuple(p for p in patterns if p)
+    if not patterns:
+        raise ConfigError(f"{name}: no host pattern in {raw!r} (e.g. *.exo.io)")
+    for pattern in patterns:
+        if "://" in pattern or "/" in pattern or "@" in pattern or re.search(r"\s", pattern):
+            raise ConfigError(
+                f"{name}: {pattern!r} is not a host pattern: hosts only, without scheme, "
+                "path, user or spaces (e.g. *.exo.io, 127.0.0.1)"
+            )
+    return patterns
 
 
 @dataclass(frozen=True)
@@ -135,7 +160,8 @@ class TransferSettings:
     ``SNAPARCHIVE_PART_SIZE`` (default: derived from the image size),
     ``SNAPARCHIVE_UPLOAD_CONCURRENCY`` (parts uploading at once, default 4),
     ``SNAPARCHIVE_MEMORY_LIMIT`` (bytes of part buffers at most, default ``256MiB``),
-    ``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` (comma-separated host patterns, default ``*.exo.io``).
+    ``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` (comma-separated host patterns, default ``*.exo.io``;
+    at least one, hosts only).
     """
 
     segment_limit: int = TiB
@@ -146,14 +172,13 @@ class TransferSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TransferSettings:
-        hosts = env.get("SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS") or "*.exo.io"
         part = env.get("SNAPARCHIVE_PART_SIZE")
         return cls(
             segment_limit=_size(env, "SNAPARCHIVE_SEGMENT_LIMIT", TiB),
             part_size=_size(env, "SNAPARCHIVE_PART_SIZE", 0) if part else None,
             upload_concurrency=_int(env, "SNAPARCHIVE_UPLOAD_CONCURRENCY", 4),
             memory_limit=_size(env, "SNAPARCHIVE_MEMORY_LIMIT", 256 * MiB),
-            allowed_download_hosts=tuple(h.strip() for h in hosts.split(",") if h.strip()),
+            allowed_download_hosts=_host_patterns(env),
         )
 
 
@@ -165,7 +190,8 @@ class Settings:
     ``redis://127.0.0.1:6379/0``, or ``amqp://...``), ``SNAPARCHIVE_REDIS_URL`` (the job
     store; default: the broker URL when it is Redis, else ``redis://127.0.0.1:6379/0``),
     ``SNAPARCHIVE_EXPORT_TIMEOUT`` (seconds to wait for an export, default 21600),
-    ``SNAPARCHIVE_LEASE_TTL`` (seconds a silent worker keeps its transfer lease, default 60),
+    ``SNAPARCHIVE_LEASE_TTL`` (seconds a silent worker keeps its transfer lease, default 60,
+    at least :data:`MIN_LEASE_TTL`),
     ``SNAPARCHIVE_TRANSFER_SLICE`` (seconds one transfer message runs before it checkpoints and
     hands over to a fresh message, default 1200: below RabbitMQ's 30 min consumer_timeout),
     ``SNAPARCHIVE_HEARTBEAT_TIMEOUT`` (seconds after which a silent Redis-broker worker counts
@@ -203,7 +229,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         broker_url=broker_url,
         redis_url=env.get("SNAPARCHIVE_REDIS_URL") or default_store,
         export_timeout=_int(env, "SNAPARCHIVE_EXPORT_TIMEOUT", 6 * 3600),
-        lease_ttl=_int(env, "SNAPARCHIVE_LEASE_TTL", 60),
+        lease_ttl=_int(env, "SNAPARCHIVE_LEASE_TTL", 60, minimum=MIN_LEASE_TTL),
         transfer_slice=_int(env, "SNAPARCHIVE_TRANSFER_SLICE", 1200),
         heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", 60),
         queue=queue,

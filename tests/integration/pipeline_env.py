@@ -18,6 +18,8 @@ from pathlib import Path
 
 import boto3
 
+from worker.settings import MIN_LEASE_TTL
+
 SNAPARCHIVE = str(Path(sys.executable).with_name("snaparchive"))
 ZONE = "ch-gva-2"
 
@@ -35,7 +37,8 @@ def pipeline_env(simulator, moto_endpoint: str, bucket: str, broker_url: str, re
         SNAPARCHIVE_BROKER_URL=broker_url,
         SNAPARCHIVE_REDIS_URL=redis_url,
         SNAPARCHIVE_PART_SIZE="5MiB",
-        SNAPARCHIVE_LEASE_TTL="5",
+        # The shortest lease allowed: a dead worker's job is taken over soonest.
+        SNAPARCHIVE_LEASE_TTL=str(MIN_LEASE_TTL),
         # Test runs sharing a broker (a developer's and CI's) never take each other's jobs.
         SNAPARCHIVE_QUEUE=f"test-{uuid.uuid4().hex[:12]}",
         AWS_ACCESS_KEY_ID="testing",

@@ -350,8 +350,10 @@ def test_a_job_waits_out_a_long_redis_outage_and_goes_on(make_scene, own_redis):
     # look must not be sent to the dead broker (it would be lost, and the job stuck): the
     # worker waits for Redis, then sends it, and finishes the job itself.
     scene = make_scene(own_redis.url, own_redis.url)
-    # Smaller and slower: the transfer goes on for a few seconds before it stops.
-    scene.size, scene.rate = 100 * MiB + 4321, 10 * MiB
+    # Smaller and slower: the transfer goes on for a few seconds before it stops, and it must
+    # not end first: the lease may be lost up to SNAPARCHIVE_LEASE_TTL (11 s) after Redis went
+    # down, when 80 MiB are still to come (20 s at this rate).
+    scene.size, scene.rate = 100 * MiB + 4321, 4 * MiB
     scene.queue_throttled_job()
     with scene.worker("first"):
         scene.wait_for_checkpoint(scene.size // 5)

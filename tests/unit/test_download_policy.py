@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.download import check_download_url
+from worker.download import DownloadRetry, check_download_url
 from worker.errors import DownloadRefused
 
 EXO = ("*.exo.io",)
@@ -14,6 +14,11 @@ SECRET = "X-Amz-Signature=abcdef0123456789"
     [
         (f"https://sos-ch-gva-2.exo.io/bucket/img?{SECRET}", EXO, "sos-ch-gva-2.exo.io"),
         (f"https://SOS-CH-GVA-2.EXO.IO/b/img?{SECRET}", EXO, "sos-ch-gva-2.exo.io"),
+        (
+            f"https://sos-ch-gva-2.exo.io:443/b/my%20img?X-Amz-Credential=EXO1%2Fch-gva-2&{SECRET}",
+            EXO,
+            "sos-ch-gva-2.exo.io",
+        ),
         ("http://127.0.0.1:8080/ch-gva-2/img", ("127.0.0.1",), "127.0.0.1"),
         ("http://[::1]:8080/img", ("::1",), "::1"),
         ("http://localhost:8080/img", ("localhost",), "localhost"),
@@ -39,7 +44,7 @@ def test_allowed(url, hosts, host):
         (f"ftp://sos.exo.io/img?{SECRET}", EXO, "https is required"),
         (f"file:///etc/passwd?{SECRET}", EXO, "no host"),
         (f"https://sos.exo.io:99999/img?{SECRET}", EXO, "malformed"),
-        ("not a url", EXO, "no host"),
+        ("not-a-url", EXO, "no host"),
     ],
 )
 def test_refused_without_leaking_the_url(url, hosts, why):
@@ -47,3 +52,44 @@ def test_refused_without_leaking_the_url(url, hosts, why):
         check_download_url(url, hosts)
     assert SECRET not in str(raised.value) and "/img" not in str(raised.value)
 
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # urlsplit and the resolver disagree: NUL ends the C string, 127.0.0.1 is dialled.
+        f"https://127.0.0.1\0.exo.io:8095/img?{SECRET}",
+        f"https://127.0.0.1%00.exo.io/img?{SECRET}",
+        f"https://127.0.0.1 .exo.io/img?{SECRET}",
+        f"https://127.0.0.1\t.exo.io/img?{SECRET}",
+        f"https://sos.exo.io\n.evil.com/img?{SECRET}",
+        f"https://evil.com\r.exo.io/img?{SECRET}",
+        f"https://evil.com\x7f.exo.io/img?{SECRET}",
+        f"https://evil.com;.exo.io/img?{SECRET}",
+        f"https://evil.com\\.exo.io/img?{SECRET}",
+        f"https://sos.exo.io\\@evil.com/img?{SECRET}",
+        f"https://evil..exo.io/img?{SECRET}",
+        f"https://.exo.io/img?{SECRET}",
+        f"https://sos.exo.io./img?{SECRET}",
+        f"https://sös.exo.io/img?{SECRET}",
+        f"https://sos.exo.io:+443/img?{SECRET}",
+        f"https://sos.exo.io:\u0664\u0664\u0663/img?{SECRET}",
+        f"https://[fe80::1%25eth0]/img?{SECRET}",
+        f"https://[::1/img?{SECRET}",
+    ],
+)
+def test_hosts_the_client_would_read_otherwise_are_refused(url):
+    with pytest.raises(DownloadRefused, match="malformed") as raised:
+        check_download_url(url, ("*.exo.io", "*"))
+    assert SECRET not in str(raised.value)
+
+
+def test_the_default_retry_gives_up_within_its_documented_bounds():
+    retry = DownloadRetry()
+    policy = retry.backoff
+    # Waits after each failed attempt but the last, at their ceiling (jitter only shortens).
+    waits = sum(min(policy.cap, policy.base * 2 ** (n - 1)) for n in range(1, policy.attempts))
+    # Unreachable, or never answering: every attempt spends at most connect_timeout.
+    assert policy.attempts * retry.connect_timeout + waits <= 3 * 60
+    # Trickling: every attempt spends at most one window.
+    assert policy.attempts * retry.window + waits <= 9 * 60
+    assert retry.min_bytes == 64 * 1024 and retry.window == 60

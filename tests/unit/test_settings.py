@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import load
+from worker.settings import MIN_LEASE_TTL, load
 from worker.units import GiB, MiB, TiB, format_size, parse_size
 
 
@@ -70,3 +70,35 @@ def test_sizes() -> None:
     assert format_size(3 * GiB // 2) == "1.5 GiB"
     with pytest.raises(ValueError, match="not a size"):
         parse_size("12 parsecs")
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (",,,", "no host pattern"),
+        (" , ", "no host pattern"),
+        ("https://sos-ch-gva-2.exo.io", "not a host pattern"),
+        ("*.exo.io, sos.exo.io/bucket", "not a host pattern"),
+        ("*.exo.io,user@sos.exo.io", "not a host pattern"),
+        ("sos ch-gva-2.exo.io", "not a host pattern"),
+    ],
+)
+def test_allowed_download_hosts_must_name_hosts(value: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS: .*{why}"):
+        load({"SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS": value})
+
+
+def test_lease_ttl_has_a_minimum_the_transfer_watch_can_renew_within() -> None:
+    from jobs.steps import LEASE_MARGIN, PROGRESS_INTERVAL, STORE_CALL_TIMEOUT
+
+    # Renewed a third into the lease, on the next tick, in one round of store calls, before
+    # the margin: the shortest lease must hold that.
+    assert MIN_LEASE_TTL / 3 + PROGRESS_INTERVAL + STORE_CALL_TIMEOUT <= (
+        MIN_LEASE_TTL - LEASE_MARGIN
+    )
+    assert load({"SNAPARCHIVE_LEASE_TTL": str(MIN_LEASE_TTL)}).lease_ttl == MIN_LEASE_TTL
+    for short in ("1", str(MIN_LEASE_TTL - 1)):
+        with pytest.raises(
+            ConfigError, match=f"SNAPARCHIVE_LEASE_TTL: must be at least {MIN_LEASE_TTL}"
+        ):
+            load({"SNAPARCHIVE_LEASE_TTL": short})

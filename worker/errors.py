@@ -203,25 +203,3 @@ class ObjectExists(StoreError):
     def __init__(self, key: str) -> None:
         super().__init__(f"{key} exists already")
         self.key = key
-
-
-class Cancelled(SnaparchiveError):
-    """The job was cancelled by an operator."""
-
-
-class LeaseLost(SnaparchiveError):
-    """Another worker holds the lease of this archive job."""
-
-    permanent = False
-
-
-def describe(error: BaseException) -> str:
-    """Return a one-line description of ``error`` fit for job records, messages and logs.
-
-    Our own errors are written to be shown (they name hosts, never URLs or credentials);
-    any other exception is named by its class only: the text of an aiohttp or botocore
-    error carries the request URL (a presigned URL is a credential) and sometimes headers.
-    """
-    if isinstance(error, SnaparchiveError):
-        return str(error)
-    return type(error).__name__

@@ -19,7 +19,7 @@ from worker.settings import S3Settings
 
 pytestmark = pytest.mark.integration
 
-SECRET_KEY = "backups/SECRETKEY-41d7/manifest.json"
+SECRET_KEY = "snaparchive/exoscale/ch-gva-2/SECRETKEY-41d7/manifest.json"
 ERROR_BODY = (
     b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
     b"<Message>We failed at http://127.0.0.1/SECRET-IN-MESSAGE</Message></Error>"

@@ -89,7 +89,7 @@ def test_allowed_download_hosts_must_name_hosts(value: str, why: str) -> None:
 
 
 def test_lease_ttl_has_a_minimum_the_transfer_watch_can_renew_within() -> None:
-    from jobs.steps import LEASE_MARGIN, PROGRESS_INTERVAL, STORE_CALL_TIMEOUT
+    from jobs.watch import LEASE_MARGIN, PROGRESS_INTERVAL, STORE_CALL_TIMEOUT
 
     # Renewed a third into the lease, on the next tick, in one round of store calls, before
     # the margin: the shortest lease must hold that.

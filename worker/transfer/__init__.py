@@ -109,8 +109,10 @@ async def archive_export(
     if await store.find_archive(source.provider, source.zone, source.snapshot_id) is not None:
         raise ArchiveExists(store.manifest_key(source.provider, source.zone, source.snapshot_id))
     transfer = Transfer(source, store, settings, on_checkpoint, on_progress, stop)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
     # The transfer moves its own copy: the caller's checkpoint stays as it was saved.
     saved = checkpoint.copy() if checkpoint else None
+    # Each download request carries its own timeouts (:class:`~worker.download.Download`);
+    # the session's default total of 5 minutes must not cut a body of hours.
+    timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
         return await transfer.run(session, saved, retry or DownloadRetry())

@@ -68,6 +68,7 @@ from concurrent.futures import wait as wait_futures
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker.argtypes import check_uuid
 from worker.settings import EXOSCALE_ZONES
 from worker.simulator.disk import BlockPool, DiskImage
 from worker.simulator.faults import ActiveFaults, DownloadPlan, Faults
@@ -112,14 +113,6 @@ class ApiProblem(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def check_uuid(value: str, what: str) -> str:
-    """Return ``value`` in canonical form, or raise ValueError naming ``what``."""
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise ValueError(f"{what} must be a UUID, got {value!r}") from None
 
 
 def check_quota_limit(limit: int) -> int:

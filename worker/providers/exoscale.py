@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from worker.exoscale import ExoscaleClient
+from worker.fields import Fields
 from worker.models import Snapshot
-from worker.providers.base import Fields, NotARegion, Provider, SnapshotRecord, normalise_status
+from worker.providers.base import NotARegion, Provider, SnapshotRecord, normalise_status
 from worker.retry import RetryPolicy
 from worker.settings import EXOSCALE_ZONES, ZONE_NAME, ExoscaleSettings
 from worker.units import GiB

@@ -21,9 +21,9 @@ from typing import Any
 from worker import argtypes as types
 from worker.argtypes import check_uuid
 from worker.settings import EXOSCALE_ZONES
+from worker.simulator.account import MAX_SIZE_GIB, check_labels, check_quota_limit
 from worker.simulator.faults import OPERATION_REASONS, Faults
 from worker.simulator.server import EXPORT_SECONDS, URL_TTL, Simulator
-from worker.simulator.state import MAX_SIZE_GIB, check_labels, check_quota_limit
 from worker.units import GiB, MiB, format_size, parse_size
 
 DEFAULT_KEY = "EXOsimulator00000000000000"

@@ -24,7 +24,7 @@ from worker.settings import EXOSCALE_ZONES
 from worker.simulator.account import MAX_SIZE_GIB, check_labels, check_quota_limit
 from worker.simulator.faults import OPERATION_REASONS, Faults
 from worker.simulator.server import EXPORT_SECONDS, URL_TTL, Simulator
-from worker.units import GiB, MiB, format_size, parse_size
+from worker.units import GiB, MiB, format_size
 
 DEFAULT_KEY = "EXOsimulator00000000000000"
 #: Size of the snapshot seeded when no ``--snapshot`` is given.
@@ -37,9 +37,9 @@ def _snapshot_spec(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected ID:SIZE (like <uuid>:64MiB), got {text!r}")
     try:
         snapshot_id = check_uuid(snapshot_id, "snapshot ID")
-        image_size = parse_size(size)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    image_size = types.size(size)
     if image_size > MAX_SIZE_GIB * GiB:
         raise argparse.ArgumentTypeError(f"{size} is more than the largest snapshot (50 TiB)")
     return snapshot_id, image_size

@@ -7,6 +7,11 @@ or presigned URLs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.models import Quota
+
 
 class SnaparchiveError(Exception):
     """Base of every error this package raises on purpose."""
@@ -142,6 +147,20 @@ class OperationFailed(ApiError):
         self.operation_id = operation_id
         self.state = state
         self.reason = reason
+
+
+class QuotaExceeded(ApiError):
+    """A create call refused because the organisation's quota of that resource is used up.
+
+    Permanent: retrying cannot help until something is deleted or the quota raised.
+
+    Parameters:
+      quota: The quota as read right after the refusal (None when it could not be read).
+    """
+
+    def __init__(self, message: str, quota: Quota | None, status: int | None = None) -> None:
+        super().__init__(message, status)
+        self.quota = quota
 
 
 class SnapshotNotExportable(ApiError):

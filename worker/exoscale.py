@@ -17,7 +17,7 @@ import aiohttp
 from yarl import URL
 
 from worker import errors, signing
-from worker.errors import BadResponse, OperationFailed, OperationTimeout
+from worker.errors import BadResponse, OperationFailed, OperationTimeout, QuotaExceeded
 from worker.http import DEFAULT_TIMEOUT, JsonApi
 from worker.models import (
     Instance,
@@ -34,20 +34,6 @@ from worker.settings import ExoscaleSettings
 
 #: The zone whose endpoint answers zone-less calls such as list-zones.
 DEFAULT_ZONE = "ch-gva-2"
-
-
-class QuotaExceeded(errors.ApiError):
-    """A create call refused because the organisation's quota of that resource is used up.
-
-    Permanent: retrying cannot help until something is deleted or the quota raised.
-
-    Parameters:
-      quota: The quota as read right after the refusal (None when it could not be read).
-    """
-
-    def __init__(self, message: str, quota: Quota | None, status: int | None = None) -> None:
-        super().__init__(message, status)
-        self.quota = quota
 
 
 def _limit(quota: Quota) -> str:

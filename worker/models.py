@@ -1,8 +1,10 @@
 """Typed records of the Exoscale API v2 objects snaparchive uses.
 
-Each ``from_api`` checks the fields we rely on and raises
-:class:`~worker.errors.BadResponse` when the server sent something else, so a
-malformed answer becomes a clear error and not a ``KeyError`` deep inside a job.
+Each ``from_api`` checks the fields we rely on with :class:`~worker.fields.Fields` and
+raises :class:`~worker.errors.BadResponse` when the server sent something else, so a
+malformed answer becomes a clear error and not a ``KeyError`` deep inside a job. Fields
+a job can do without (a snapshot's name, an operation's message) are read leniently: a
+wrong type there leaves them out instead of failing the call.
 Presigned URLs are credentials: they are kept out of ``repr`` and out of ``raw``;
 so is a template's source ``url``, which is the presigned URL it was registered from.
 """
@@ -16,46 +18,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from worker.errors import BadResponse
+from worker.fields import Fields
+
+#: The service named in every error.
+SERVICE = "exoscale"
 
 SNAPSHOT_STATES = ("snapshotting", "ready", "exporting", "exported", "deleting", "deleted", "error")
 OPERATION_STATES = ("pending", "success", "failure", "timeout")
 BOOT_MODES = ("legacy", "uefi")
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _require(data: Any, name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(data, dict):
-        raise BadResponse(f"exoscale: expected a {what} object, got {type(data).__name__}")
-    value = data.get(name)
-    if not isinstance(value, kind):
-        raise BadResponse(f"exoscale: {what} has no valid {name!r}")
-    return value
-
-
-def _optional(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = data.get(name)
-    return value if isinstance(value, kind) else None
-
-
-def _typed(data: dict[str, Any], name: str, kind: type, what: str) -> Any:
-    """Return member ``name`` (None when absent or null); BadResponse when of another type."""
-    value = data.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadResponse(f"exoscale: {what} has an invalid {name!r}")
-    return value
-
-
-def _labels(data: dict[str, Any], what: str) -> dict[str, str]:
-    labels = data.get("labels")
-    if labels is None:
-        return {}
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise BadResponse(f"exoscale: {what} has labels that are not a map of strings")
-    return dict(labels)
 
 
 def _without_template_url(data: dict[str, Any]) -> dict[str, Any]:
@@ -94,24 +65,27 @@ class Snapshot:
 
     @classmethod
     def from_api(cls, data: Any) -> Snapshot:
-        snapshot_id = _require(data, "id", str, "snapshot")
-        state = _require(data, "state", str, "snapshot")
+        snapshot_id = Fields(SERVICE, data, "snapshot").required("id", str)
+        fields = Fields(SERVICE, data, f"snapshot {snapshot_id}")
+        state = fields.required("state", str)
         raw = copy.deepcopy(data)
         export = None
-        exported = data.get("export")
-        if isinstance(exported, dict):
+        exported = fields.lenient("export", dict)
+        if exported is not None:
             url, md5 = exported.get("presigned-url"), exported.get("md5sum")
             if isinstance(url, str) and url and isinstance(md5, str) and md5:
                 export = SnapshotExport(presigned_url=url, md5sum=md5.lower())
             raw["export"].pop("presigned-url", None)
-        instance = data.get("instance")
+        instance = fields.lenient("instance", dict)
         return cls(
             id=snapshot_id,
-            name=_optional(data, "name", str) or "",
+            name=fields.lenient("name", str) or "",
             state=state,
-            size_gib=_optional(data, "size", int) or 0,
-            created_at=_optional(data, "created-at", str),
-            instance_id=_optional(instance, "id", str) if isinstance(instance, dict) else None,
+            size_gib=fields.lenient("size", int) or 0,
+            created_at=fields.lenient("created-at", str),
+            instance_id=Fields(SERVICE, instance, "instance").lenient("id", str)
+            if instance is not None
+            else None,
             export=export,
             raw=raw,
         )
@@ -134,18 +108,19 @@ class Operation:
 
     @classmethod
     def from_api(cls, data: Any) -> Operation:
-        operation_id = _require(data, "id", str, "operation")
-        state = _require(data, "state", str, "operation")
+        operation_id = Fields(SERVICE, data, "operation").required("id", str)
+        fields = Fields(SERVICE, data, f"operation {operation_id}")
+        state = fields.required("state", str)
         if state not in OPERATION_STATES:
-            raise BadResponse(f"exoscale: operation {operation_id} has unknown state {state!r}")
-        reference = data.get("reference") if isinstance(data.get("reference"), dict) else {}
+            raise BadResponse(f"{SERVICE}: operation {operation_id} has unknown state {state!r}")
+        reference = Fields(SERVICE, fields.lenient("reference", dict) or {}, "reference")
         return cls(
             id=operation_id,
             state=state,
-            reason=_optional(data, "reason", str),
-            message=_optional(data, "message", str),
-            reference_id=_optional(reference, "id", str),
-            reference_command=_optional(reference, "command", str),
+            reason=fields.lenient("reason", str),
+            message=fields.lenient("message", str),
+            reference_id=reference.lenient("id", str),
+            reference_command=reference.lenient("command", str),
         )
 
 
@@ -166,16 +141,16 @@ class Instance:
 
     @classmethod
     def from_api(cls, data: Any) -> Instance:
-        instance_id = _require(data, "id", str, "instance")
-        what = f"instance {instance_id}"
-        template = _typed(data, "template", dict, what)
+        instance_id = Fields(SERVICE, data, "instance").required("id", str)
+        fields = Fields(SERVICE, data, f"instance {instance_id}")
+        template = fields.child("template")
         return cls(
             id=instance_id,
-            name=_typed(data, "name", str, what) or "",
-            state=_typed(data, "state", str, what),
-            template_id=_typed(template, "id", str, f"{what} template") if template else None,
-            labels=_labels(data, what),
-            created_at=_typed(data, "created-at", str, what),
+            name=fields.optional("name", str) or "",
+            state=fields.optional("state", str),
+            template_id=template.optional("id", str) if template else None,
+            labels=fields.labels(),
+            created_at=fields.optional("created-at", str),
             raw=_without_template_url(data),
         )
 
@@ -206,23 +181,20 @@ class Template:
 
     @classmethod
     def from_api(cls, data: Any) -> Template:
-        template_id = _require(data, "id", str, "template")
-        what = f"template {template_id}"
-        checksum = _typed(data, "checksum", str, what)
-        zones = _typed(data, "zones", list, what) or []
-        if not all(isinstance(zone, str) for zone in zones):
-            raise BadResponse(f"exoscale: {what} has an invalid 'zones'")
+        template_id = Fields(SERVICE, data, "template").required("id", str)
+        fields = Fields(SERVICE, data, f"template {template_id}")
+        checksum = fields.optional("checksum", str)
         return cls(
             id=template_id,
-            name=_typed(data, "name", str, what) or "",
-            boot_mode=_typed(data, "boot-mode", str, what),
-            default_user=_typed(data, "default-user", str, what),
-            ssh_key_enabled=_typed(data, "ssh-key-enabled", bool, what),
-            password_enabled=_typed(data, "password-enabled", bool, what),
+            name=fields.optional("name", str) or "",
+            boot_mode=fields.optional("boot-mode", str),
+            default_user=fields.optional("default-user", str),
+            ssh_key_enabled=fields.optional("ssh-key-enabled", bool),
+            password_enabled=fields.optional("password-enabled", bool),
             checksum=checksum.lower() if checksum else None,
-            size=_typed(data, "size", int, what),
-            zones=tuple(zones),
-            visibility=_typed(data, "visibility", str, what),
+            size=fields.optional("size", int),
+            zones=fields.strings("zones"),
+            visibility=fields.optional("visibility", str),
             raw=_without_template_url(data),
         )
 
@@ -316,11 +288,11 @@ class Quota:
 
     @classmethod
     def from_api(cls, data: Any, entity: str) -> Quota:
-        what = f"quota {entity}"
-        usage, limit = _require(data, "usage", int, what), _require(data, "limit", int, what)
-        if isinstance(usage, bool) or isinstance(limit, bool) or usage < 0 or limit < -1:
-            raise BadResponse(f"exoscale: {what} has an invalid usage or limit")
-        return cls(resource=_typed(data, "resource", str, what) or entity, usage=usage, limit=limit)
+        fields = Fields(SERVICE, data, f"quota {entity}")
+        usage, limit = fields.required("usage", int), fields.required("limit", int)
+        if usage < 0 or limit < -1:
+            raise BadResponse(f"{SERVICE}: quota {entity} has an invalid usage or limit")
+        return cls(resource=fields.optional("resource", str) or entity, usage=usage, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -333,8 +305,9 @@ class Zone:
 
     @classmethod
     def from_api(cls, data: Any) -> Zone:
+        fields = Fields(SERVICE, data, "zone")
         return cls(
-            name=_require(data, "name", str, "zone"),
-            api_endpoint=_optional(data, "api-endpoint", str),
-            sos_endpoint=_optional(data, "sos-endpoint", str),
+            name=fields.required("name", str),
+            api_endpoint=fields.lenient("api-endpoint", str),
+            sos_endpoint=fields.lenient("sos-endpoint", str),
         )

@@ -37,6 +37,7 @@ from worker.duration import Duration
 from worker.errors import PolicyError
 from worker.retention import KEEP_KEYS, KeepRules
 from worker.schedule import check_cron, runs_after
+from worker.settings import ZONE_NAME
 
 __all__ = ["Duration", "KeepRules", "Policy", "PolicyFile", "load", "loads", "policies_path"]
 
@@ -44,7 +45,7 @@ ENV_VARIABLE = "SNAPARCHIVE_POLICIES"
 DEFAULT_FILE = "snaparchive.toml"
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-ZONE = re.compile(r"[a-z]{2}-[a-z]{3}-[0-9]+")
+ZONE = ZONE_NAME
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _SUBSET = re.compile(r"([0-9]+)/([0-9]+)")
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$")

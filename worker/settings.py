@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from worker.errors import ConfigError
 from worker.units import MiB, TiB, parse_size
 
-#: Zones of the Exoscale API, as the official OpenAPI spec lists them.
+#: The shape of an Exoscale zone name: country, city, number (``ch-gva-2``, ``ch-dk-2``, as in
+#: :data:`EXOSCALE_ZONES`). Any name of this shape is accepted, so a new zone needs no release of
+#: ours: whether it exists is the API's to say. The shape also keeps a zone name harmless in the
+#: API's host name, in job store keys and in archive keys. Match it with ``fullmatch``.
+ZONE_NAME = re.compile(r"[a-z]{2}-[a-z]{2,4}-[0-9]+")
+#: Zones of the Exoscale API, as the official OpenAPI spec lists them: where "every zone" is
+#: looked in (the inventory, a job found by snapshot id alone) and the zones the simulator serves.
 EXOSCALE_ZONES = (
     "at-vie-1",
     "at-vie-2",

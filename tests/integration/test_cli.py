@@ -54,8 +54,9 @@ def test_local_archive_prints_one_json_object(env, capsys, simulator, moto_endpo
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["archive", str(uuid.uuid4()), "--zone", "mars-1"], "unknown zone 'mars-1'"),
-        (["archive", "not-a-uuid", "--zone", ZONE], "not a snapshot id"),
+        (["archive", str(uuid.uuid4()), "--zone", "mars-1"], "like ch-gva-2, got 'mars-1'"),
+        (["status", str(uuid.uuid4()), "--zone", "ch-gva-2\n"], "like ch-gva-2, got"),
+        (["archive", "not-a-uuid", "--zone", ZONE], "snapshot id must be a UUID"),
         (["archive", str(uuid.uuid4())], "--zone"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -81,6 +82,18 @@ def test_unknown_snapshot_exits_1_with_one_line(env, capsys):
     assert code == 1
     assert err.count("\n") == 1 and "Traceback" not in err
     assert "HTTP 404" in err and snapshot_id in err
+
+
+def test_a_zone_not_in_our_list_is_the_apis_to_refuse(env, capsys):
+    # Well formed but unknown to the API (and to snaparchive's list of known zones): the job
+    # runs, the API answers 404, and the job is found again by the zone it ran in.
+    snapshot_id = str(uuid.uuid4())
+    code, _, err = run(capsys, "archive", snapshot_id, "--zone", "ch-xyz-9", "--local")
+    assert code == 1
+    assert err.count("\n") == 1 and "HTTP 404" in err and "unknown zone: ch-xyz-9" in err
+    code, out, err = run(capsys, "status", snapshot_id, "--zone", "ch-xyz-9", "--json")
+    assert code == 0, err
+    assert (json.loads(out)["zone"], json.loads(out)["status"]) == ("ch-xyz-9", "failed")
 
 
 def test_failed_export_operation_names_the_reason(env, capsys, simulator, moto_endpoint, s3_bucket):

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from worker import errors
-from worker.exoscale import ExoscaleClient, QuotaExceeded
+from worker.exoscale import ExoscaleClient
 from worker.models import TemplateSpec
 from worker.retry import RetryPolicy
 from worker.settings import ExoscaleSettings
@@ -107,7 +107,7 @@ async def test_a_full_snapshot_quota_is_quota_exceeded():
             quota = await client.get_quota(ZONE, "snapshot")
             assert (quota.available, quota.exhausted) == (1, False)
             await client.create_snapshot(ZONE, WEB)
-            with pytest.raises(QuotaExceeded) as info:
+            with pytest.raises(errors.QuotaExceeded) as info:
                 await client.create_snapshot(ZONE, WEB)
     assert str(info.value) == (
         f"exoscale: no snapshot of instance {WEB} in {ZONE}: "
@@ -120,7 +120,7 @@ async def test_a_full_snapshot_quota_is_quota_exceeded():
 async def test_an_injected_quota_refusal_is_quota_exceeded_too(client, simulator):
     simulator.add_instance(WEB, ZONE)
     simulator.set_faults(Faults(quota_errors=1))
-    with pytest.raises(QuotaExceeded, match=r"used up \(0 used, limit unlimited\)"):
+    with pytest.raises(errors.QuotaExceeded, match=r"used up \(0 used, limit unlimited\)"):
         await client.create_snapshot(ZONE, WEB)
     assert (await client.create_snapshot(ZONE, WEB)).state == "pending"
 
@@ -133,7 +133,7 @@ async def test_other_refusals_of_create_snapshot_stay_what_they_are(client, simu
     async with ExoscaleClient(settings, retry=FAST) as refused:
         with pytest.raises(errors.AuthError) as info:
             await refused.create_snapshot(ZONE, WEB)
-    assert not isinstance(info.value, QuotaExceeded)
+    assert not isinstance(info.value, errors.QuotaExceeded)
 
 
 # -- templates ------------------------------------------------------------------------------

@@ -108,3 +108,9 @@ async def test_find_jobs_looks_in_every_zone_running_job_first(store: RedisJobSt
     assert [(r.zone, r.active) for r in found] == [("at-vie-1", True), ("de-fra-1", False)]
     assert [r.zone for r in await find_jobs(store, snapshot, "de-fra-1")] == ["de-fra-1"]
     assert await find_jobs(store, snapshot, "ch-gva-2") == []
+
+
+async def test_find_jobs_finds_a_job_in_a_zone_not_in_the_known_list(any_store) -> None:
+    snapshot = str(uuid.uuid4())
+    await any_store.claim("ch-xyz-9", snapshot)
+    assert [r.zone for r in await find_jobs(any_store, snapshot, "ch-xyz-9")] == ["ch-xyz-9"]

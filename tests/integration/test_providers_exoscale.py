@@ -74,5 +74,6 @@ def test_regions_are_exoscale_zones() -> None:
     api = Exoscale(ExoscaleSettings(key="EXOkey", secret="secret"))
     assert api.regions(None) == EXOSCALE_ZONES
     assert api.regions("de-muc-1") == ["de-muc-1"]
+    assert api.regions("ch-xyz-9") == ["ch-xyz-9"]  # a zone newer than our list: the API's call
     with pytest.raises(NotARegion, match="exoscale: 'NORD-NO-KRS-1' is not an Exoscale zone"):
         api.regions("NORD-NO-KRS-1")

@@ -75,6 +75,12 @@ def test_the_issue_example_loads() -> None:
     assert policies.get("web") is web
 
 
+def test_every_zone_shape_of_the_api_is_a_zone() -> None:
+    # ch-dk-2's city has two letters: a three-letter pattern refused it.
+    for zone in ("ch-dk-2", "ch-xyz-9"):
+        assert loads(policy_text(f'zone = "{zone}"')).get("web").zone == zone
+
+
 def test_several_policies_and_the_scrub_keys() -> None:
     text = policy_text() + policy_text(
         'name = "db"',

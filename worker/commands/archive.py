@@ -9,8 +9,8 @@ import logging
 import sys
 import time
 
+from worker import argtypes as types
 from worker.archive import ArchiveStore
-from worker.commands import args as types
 from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json, report
 from worker.jobstore import JobRecord, JobStore, MemoryJobStore, RedisJobStore, Step
 from worker.progress import ProgressDisplay

@@ -7,8 +7,8 @@ import asyncio
 import sys
 import time
 
+from worker import argtypes as types
 from worker.archive import ArchiveStore
-from worker.commands import args as types
 from worker.jobstore import RedisJobStore, Step, find_jobs
 from worker.settings import load
 

@@ -14,8 +14,8 @@ import argparse
 import asyncio
 from datetime import UTC, datetime
 
+from worker import argtypes as types
 from worker.archive import ArchiveStore
-from worker.commands import args as types
 from worker.jobstore import RedisJobStore
 from worker.settings import load
 

@@ -20,8 +20,8 @@ import stat
 import sys
 from pathlib import Path
 
+from worker import argtypes as types
 from worker.archive import ArchiveStore, Manifest, s3_client
-from worker.commands import args as types
 from worker.errors import NotFound
 from worker.progress import ProgressDisplay
 from worker.restore import OutputError, restore_to_file, stream_archive

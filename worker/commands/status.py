@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from worker.commands import args as types
+from worker import argtypes as types
 from worker.commands.follow import outcome_json
 from worker.jobstore import JobRecord, RedisJobStore, Step, find_jobs
 from worker.settings import load

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from worker.commands import args as types
+from worker import argtypes as types
 from worker.settings import load
 
 

@@ -83,10 +83,12 @@ class JobStore(Protocol):
 
 
 async def find_jobs(store: JobStore, snapshot_id: str, zone: str | None = None) -> list[JobRecord]:
-    """The jobs of ``snapshot_id`` in ``zone`` (default: in any zone), the running one first.
+    """The jobs of ``snapshot_id`` in ``zone`` (default: in each zone of
+    :data:`~worker.settings.EXOSCALE_ZONES`), the running one first.
 
     Snapshot ids are UUIDs, unique across zones, so there is at most one in practice; a direct
-    look in each zone finds it however many other jobs the store holds.
+    look in each zone finds it however many other jobs the store holds. A job in a zone newer
+    than that list (any well-formed zone name is accepted) is found when ``zone`` is given.
     """
     records = [await store.get(z, snapshot_id) for z in ((zone,) if zone else EXOSCALE_ZONES)]
     found = [r for r in records if r is not None]

@@ -1,4 +1,5 @@
 """What every provider adapter shares: the common snapshot record and the adapter interface.
+(Adapters read their APIs' answers with :class:`worker.fields.Fields`.)
 
 Each cloud names its snapshot states differently; :func:`normalise_status` maps them onto
 one small set (:data:`STATUSES`) so an operator can read one column across clouds, while
@@ -10,14 +11,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-from worker.errors import BadResponse, ConfigError
+from worker.errors import ConfigError
 from worker.retry import RetryPolicy
-
-#: The largest size believed, in bytes (8 EiB): more is a malformed answer, not a disk.
-MAX_SIZE = (1 << 63) - 1
 
 #: The common statuses: usable, being made, being exported, going away, broken, anything else.
 STATUSES = ("ready", "creating", "exporting", "deleting", "error", "other")
@@ -88,105 +86,6 @@ def normalise_status(raw: str | None, mapping: Mapping[str, str]) -> str:
     if raw is None:
         return "other"
     return mapping.get(raw.lower(), "other")
-
-
-class Fields:
-    """Reads one API object, raising :class:`BadResponse` naming the provider and the object
-    when a field is missing or of the wrong type, so a malformed answer is a clear error.
-
-    Parameters:
-      provider: The provider name, first word of every error.
-      data: The decoded JSON object.
-      what: How to name the object in errors (``snapshot 3 of page 2``).
-    """
-
-    def __init__(self, provider: str, data: Any, what: str) -> None:
-        if not isinstance(data, dict):
-            raise BadResponse(f"{provider}: {what} is {_kind(data)}, not an object")
-        self.provider = provider
-        self.data: dict[str, Any] = data
-        self.what = what
-
-    def required(self, name: str, kind: type | tuple[type, ...]) -> Any:
-        """Return field ``name``, which must be present and of type ``kind``."""
-        if name not in self.data or self.data[name] is None:
-            raise BadResponse(f"{self.provider}: {self.what} has no {name!r}")
-        return self._typed(name, kind)
-
-    def optional(self, name: str, kind: type | tuple[type, ...]) -> Any:
-        """Return field ``name`` or ``None`` when absent or null; a wrong type is an error."""
-        if self.data.get(name) is None:
-            return None
-        return self._typed(name, kind)
-
-    def text(self, name: str) -> str:
-        """Return field ``name``, which must be a non-empty string (an id, a region)."""
-        value = self.required(name, str)
-        if not value:
-            raise BadResponse(f"{self.provider}: {self.what} has an empty {name!r}")
-        return value
-
-    def size(self, name: str, unit: int = 1) -> int | None:
-        """Return field ``name``, a whole number of ``unit`` bytes, as bytes (``None`` when
-        absent or null). Negative sizes and sizes past :data:`MAX_SIZE` bytes are errors."""
-        value = self.optional(name, int)
-        if value is None:
-            return None
-        if value < 0:
-            raise BadResponse(f"{self.provider}: {self.what} has a negative {name!r}")
-        if value * unit > MAX_SIZE:
-            raise BadResponse(f"{self.provider}: {self.what} has {name!r} out of range")
-        return value * unit
-
-    def timestamp(self, name: str) -> datetime | None:
-        """Return field ``name`` as an ISO 8601 date-time (naive taken as UTC), or ``None``."""
-        text = self.optional(name, str)
-        if not text:
-            return None
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            raise BadResponse(
-                f"{self.provider}: {self.what} has {name!r} {text!r}, not an ISO 8601 date-time"
-            ) from None
-        return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-    def _typed(self, name: str, kind: type | tuple[type, ...]) -> Any:
-        value = self.data[name]
-        # bool is an int in Python, but never a size or an id in these APIs.
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise BadResponse(f"{self.provider}: {self.what} has {name!r} of type {_kind(value)}")
-        return value
-
-
-def items_of(provider: str, data: Any, key: str | None, what: str) -> list[Any]:
-    """Return the list at ``data[key]`` (or ``data`` itself when ``key`` is ``None``).
-
-    Raises:
-      BadResponse: naming ``provider`` and ``what`` when it is not a list.
-    """
-    found = data
-    if key is not None:
-        if not isinstance(data, dict):
-            raise BadResponse(f"{provider}: {what} is {_kind(data)}, not an object")
-        found = data.get(key)
-    if not isinstance(found, list):
-        where = f"{what}'s {key!r}" if key else what
-        raise BadResponse(f"{provider}: {where} is {_kind(found)}, not a list")
-    return found
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    kinds = {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "a boolean",
-        int: "an integer",
-    }
-    return kinds.get(type(value), f"a {type(value).__name__}")
 
 
 class Provider(ABC):

@@ -7,10 +7,11 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from worker.exoscale import ExoscaleClient
+from worker.fields import Fields
 from worker.models import Snapshot
-from worker.providers.base import Fields, NotARegion, Provider, SnapshotRecord, normalise_status
+from worker.providers.base import NotARegion, Provider, SnapshotRecord, normalise_status
 from worker.retry import RetryPolicy
-from worker.settings import EXOSCALE_ZONES, ExoscaleSettings
+from worker.settings import EXOSCALE_ZONES, ZONE_NAME, ExoscaleSettings
 from worker.units import GiB
 
 #: ``snapshotting``, ``ready``, ``exporting``, ``exported``, ``deleting``, ``deleted``, ``error``.
@@ -79,10 +80,9 @@ class Exoscale(Provider):
     def regions(self, asked: str | None) -> Sequence[str | None]:
         if asked is None:
             return self.zones
-        if asked not in EXOSCALE_ZONES:
-            raise NotARegion(
-                f"exoscale: {asked!r} is not an Exoscale zone ({', '.join(EXOSCALE_ZONES)})"
-            )
+        if not ZONE_NAME.fullmatch(asked):
+            # Any zone of the right shape: a new zone is listed, an unknown one is the API's 404.
+            raise NotARegion(f"exoscale: {asked!r} is not an Exoscale zone name (like ch-gva-2)")
         return [asked]
 
     async def list_snapshots(self, region: str | None = None) -> list[SnapshotRecord]:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.errors import ConfigError
+from worker.fields import Fields, items_of
 from worker.http import JsonApi
-from worker.providers.base import Fields, Provider, SnapshotRecord, items_of, normalise_status
+from worker.providers.base import Provider, SnapshotRecord, normalise_status
 from worker.retry import RetryPolicy
 from worker.units import GiB
 

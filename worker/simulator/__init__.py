@@ -12,11 +12,17 @@ The product never imports it; ``snaparchive simulate`` and the tests do. For exa
         async with ExoscaleClient(sim.settings()) as client:
             ...
 
-Modules: :mod:`.server` (the :class:`Simulator`), :mod:`.state` (the account and its state
-machine), :mod:`.api` (API routes), :mod:`.download` (presigned downloads), :mod:`.fetch`
-(register-template reading its URL), :mod:`.faults`, :mod:`.disk` (generated images),
-:mod:`.presign`, :mod:`.records` (resources and their JSON), :mod:`.control` (the fault control
-endpoint), :mod:`.cli` (``snaparchive simulate``).
+Modules:
+
+- :mod:`.server`: the :class:`Simulator`; :mod:`.serving` runs its HTTP server in a thread.
+- :mod:`.state`: the account, its calls and state machine, put together from :mod:`.account`
+  (records, lock, faults in force), :mod:`.operations`, :mod:`.exports`, :mod:`.snapshots`,
+  :mod:`.instances` (and quotas) and :mod:`.templates`.
+- :mod:`.api` (API routes), :mod:`.download` (presigned downloads), :mod:`.control` (the fault
+  control endpoint), :mod:`.fetch` (register-template reading its URL).
+- :mod:`.faults`, :mod:`.disk` (generated images), :mod:`.presign`, :mod:`.records` (resources
+  and their JSON).
+- :mod:`.cli`: ``snaparchive simulate`` (its argument types are :mod:`worker.argtypes`).
 """
 
 from worker.simulator.faults import Faults

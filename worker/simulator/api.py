@@ -18,7 +18,8 @@ from aiohttp import web
 
 from worker.settings import EXOSCALE_ZONES
 from worker.signing import SignatureError, verify
-from worker.simulator.state import ApiProblem, SimState
+from worker.simulator.account import ApiProblem
+from worker.simulator.state import SimState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

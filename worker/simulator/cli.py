@@ -18,11 +18,13 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
+from worker import argtypes as types
+from worker.argtypes import check_uuid
 from worker.settings import EXOSCALE_ZONES
+from worker.simulator.account import MAX_SIZE_GIB, check_labels, check_quota_limit
 from worker.simulator.faults import OPERATION_REASONS, Faults
 from worker.simulator.server import EXPORT_SECONDS, URL_TTL, Simulator
-from worker.simulator.state import MAX_SIZE_GIB, check_labels, check_quota_limit, check_uuid
-from worker.units import GiB, MiB, format_size, parse_size
+from worker.units import GiB, MiB, format_size
 
 DEFAULT_KEY = "EXOsimulator00000000000000"
 #: Size of the snapshot seeded when no ``--snapshot`` is given.
@@ -35,9 +37,9 @@ def _snapshot_spec(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected ID:SIZE (like <uuid>:64MiB), got {text!r}")
     try:
         snapshot_id = check_uuid(snapshot_id, "snapshot ID")
-        image_size = parse_size(size)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    image_size = types.size(size)
     if image_size > MAX_SIZE_GIB * GiB:
         raise argparse.ArgumentTypeError(f"{size} is more than the largest snapshot (50 TiB)")
     return snapshot_id, image_size
@@ -68,51 +70,14 @@ def _quota(text: str) -> int:
         ) from None
 
 
-def _offset(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _rate(text: str) -> int:
-    value = _offset(text.removesuffix("/s"))
-    if value < 1:
-        raise argparse.ArgumentTypeError("the rate must be at least 1 byte per second")
-    return value
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
-
-
 def _times(text: str) -> int | None:
-    return None if text == "always" else _count(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"seconds must be >= 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {value}")
-    return value
+    return None if text == "always" else types.non_negative_int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``simulate`` options to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0: any)")
+    parser.add_argument("--port", type=types.port, default=8080, help="port (default 8080; 0: any)")
     parser.add_argument("--key", default=DEFAULT_KEY, help=f"API key (default {DEFAULT_KEY})")
     parser.add_argument("--secret", help="API secret (default: a random one, printed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of disk contents (default 0)")
@@ -151,13 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--export-seconds",
-        type=_seconds,
+        type=types.seconds,
         default=EXPORT_SECONDS,
         help=f"how long operations stay pending (default {EXPORT_SECONDS:g})",
     )
     parser.add_argument(
         "--url-ttl",
-        type=_seconds,
+        type=types.seconds,
         default=URL_TTL,
         help=f"lifetime of presigned URLs in seconds (default {URL_TTL:g})",
     )
@@ -165,35 +130,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "faults", "global faults; change them while running with PUT /_simulator/faults"
     )
     faults.add_argument(
-        "--api-errors", type=_count, default=0, metavar="N", help="next N calls 503"
+        "--api-errors", type=types.non_negative_int, default=0, metavar="N", help="next N calls 503"
     )
     faults.add_argument("--api-error-status", type=int, default=503, help="status of those")
     faults.add_argument(
-        "--rate-limits", type=_count, default=0, metavar="N", help="next N calls 429"
+        "--rate-limits",
+        type=types.non_negative_int,
+        default=0,
+        metavar="N",
+        help="next N calls 429",
     )
     faults.add_argument(
-        "--retry-after", type=_count, default=1, metavar="S", help="429 Retry-After"
+        "--retry-after", type=types.non_negative_int, default=1, metavar="S", help="429 Retry-After"
     )
     faults.add_argument(
-        "--export-failures", type=_count, default=0, metavar="N", help="next N exports fail"
+        "--export-failures",
+        type=types.non_negative_int,
+        default=0,
+        metavar="N",
+        help="next N exports fail",
     )
     faults.add_argument(
         "--failure-reason", choices=OPERATION_REASONS, default="fault", help="their reason"
     )
     faults.add_argument("--export-stuck", action="store_true", help="exports stay pending")
     faults.add_argument(
-        "--quota-errors", type=_count, default=0, metavar="N", help="next N snapshots over quota"
+        "--quota-errors",
+        type=types.non_negative_int,
+        default=0,
+        metavar="N",
+        help="next N snapshots over quota",
     )
     faults.add_argument(
         "--register-unreachable",
-        type=_count,
+        type=types.non_negative_int,
         default=0,
         metavar="N",
         help="next N template registrations cannot reach their URL",
     )
     faults.add_argument(
         "--register-mismatch",
-        type=_count,
+        type=types.non_negative_int,
         default=0,
         metavar="N",
         help="next N template registrations see a checksum mismatch",
@@ -203,17 +180,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     faults.add_argument(
         "--register-seconds",
-        type=_seconds,
+        type=types.seconds,
         metavar="S",
         help="template registrations take at least S seconds",
     )
     faults.add_argument("--wrong-md5", action="store_true", help="publish a wrong md5sum")
-    faults.add_argument("--slow", type=_rate, metavar="RATE", help="pace downloads, like 10MiB/s")
     faults.add_argument(
-        "--truncate-at", type=_offset, metavar="OFFSET", help="end downloads early at OFFSET"
+        "--slow", type=types.rate, metavar="RATE", help="pace downloads, like 10MiB/s"
     )
-    faults.add_argument("--reset-at", type=_offset, metavar="OFFSET", help="reset at OFFSET")
-    faults.add_argument("--corrupt-at", type=_offset, metavar="OFFSET", help="flip byte OFFSET")
+    faults.add_argument(
+        "--truncate-at", type=types.size, metavar="OFFSET", help="end downloads early at OFFSET"
+    )
+    faults.add_argument("--reset-at", type=types.size, metavar="OFFSET", help="reset at OFFSET")
+    faults.add_argument("--corrupt-at", type=types.size, metavar="OFFSET", help="flip byte OFFSET")
     faults.add_argument(
         "--download-fault-times",
         type=_times,

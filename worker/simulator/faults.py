@@ -15,7 +15,7 @@ resumes with a Range request) can succeed:
   ``failure_reason``; the snapshot goes back to ``ready``.
 - ``quota_errors``: the next N create-snapshot calls are refused as over the snapshot quota,
   whatever the quota's usage (the same answer as a real overrun, see
-  :data:`worker.simulator.state.QUOTA_EXCEEDED_STATUS`).
+  :data:`worker.simulator.snapshots.QUOTA_EXCEEDED_STATUS`).
 - ``register_unreachable``: the next N template registrations cannot reach their URL (nothing
   is fetched); the operation ends in ``failure`` like a connection refused.
 - ``register_mismatch``: the next N template registrations read their URL in full but hash

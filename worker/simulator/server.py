@@ -1,24 +1,19 @@
 """The :class:`Simulator`: a simulated Exoscale account served over HTTP.
 
-The server runs an aiohttp application on its own event loop in a background thread, so a
-test (or the ``simulate`` command) keeps its thread; every method of :class:`Simulator` may be
-called from any thread while it runs. Access logs show method, path and status only: never a
-query string (presigned URL signatures) nor a header (API signatures).
+The server runs an aiohttp application on its own event loop in a background thread
+(:mod:`.serving`), so a test (or the ``simulate`` command) keeps its thread; every method of
+:class:`Simulator` may be called from any thread while it runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
 from worker.settings import ExoscaleSettings
 from worker.simulator.api import ExoscaleApi
@@ -26,89 +21,13 @@ from worker.simulator.control import Control
 from worker.simulator.download import Downloads
 from worker.simulator.faults import Faults
 from worker.simulator.fetch import TemplateFetcher
+from worker.simulator.serving import ServerThread
 from worker.simulator.state import SimState
-
-logger = logging.getLogger("worker.simulator")
 
 #: Default seconds an export (or any operation) stays pending.
 EXPORT_SECONDS = 2.0
 #: Default lifetime of presigned URLs, in seconds.
 URL_TTL = 3600.0
-
-
-class RedactedAccessLogger(AbstractAccessLogger):
-    """Logs requests without query strings, so presigned URL signatures stay out of logs."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
-            "%s %s %s %s bytes %.3fs",
-            request.method,
-            request.path,
-            response.status,
-            response.body_length,
-            time,
-        )
-
-
-class _ServerThread:
-    """An aiohttp application served from an event loop in a daemon thread."""
-
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._app = app
-        self._host = host
-        self._port = port
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="exoscale-simulator", daemon=True)
-        self.port = 0
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop the application runs on."""
-        return self._loop
-
-    def start(self) -> None:
-        """Start serving; return once the socket is bound (or raise why it could not be)."""
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
-
-    def _run(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        # A short shutdown timeout: a test that leaves a (slow) download open must not make
-        # stopping wait for it.
-        runner = web.AppRunner(
-            self._app,
-            access_log=logger,
-            access_log_class=RedactedAccessLogger,
-            shutdown_timeout=0.5,
-        )
-        try:
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, self._host, self._port)
-            loop.run_until_complete(site.start())
-            self.port = runner.addresses[0][1]
-        except BaseException as exc:  # reported to the starting thread
-            self._error = exc
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-    def stop(self) -> None:
-        """Stop serving and wait for the thread to end."""
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
 
 
 class Simulator:
@@ -145,7 +64,7 @@ class Simulator:
         self.secret = secret
         self.seed = seed
         self._state = SimState(seed, export_seconds, url_ttl, clock, snapshot_quota)
-        self._server: _ServerThread | None = None
+        self._server: ServerThread | None = None
         self._authority: str | None = None
 
     def __repr__(self) -> str:
@@ -279,7 +198,7 @@ class Simulator:
         ExoscaleApi(self._state, {self.key: self.secret}).add_routes(app)
         Downloads(self._state).add_routes(app)
         Control(self._state).add_routes(app)
-        server = _ServerThread(app, host, port)
+        server = ServerThread(app, host, port)
         fetcher = TemplateFetcher(server.loop)
 
         async def stop_fetches(app: web.Application) -> None:

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench.imageserver import ZONE, fresh_url
-from worker.archive import ArchiveStore, UploadedPart
+from worker.archive import ArchiveStore
 from worker.parts import plan_parts
+from worker.s3 import UploadedPart
 from worker.settings import ExoscaleSettings, S3Settings, TransferSettings
 from worker.transfer import Checkpoint, ExportSource, archive_export
 

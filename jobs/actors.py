@@ -30,6 +30,7 @@ from worker import settings as settings_module
 from worker.broker import make_broker, safe_traceback
 from worker.errors import SnaparchiveError, describe
 from worker.jobstore import RedisJobStore
+from worker.md5state import resumable_available
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,11 @@ MAX_RETRIES = 8
 STORE_WAIT_MAX = 10.0
 #: Polling steps are short; the transfer runs for one slice (SNAPARCHIVE_TRANSFER_SLICE).
 SHORT_TIME_LIMIT = 5 * 60 * 1000
+#: Milliseconds that stand for "no limit" (Dramatiq's time limit wants a number).
+UNLIMITED = 30 * 24 * 3600 * 1000
 _context: Context | None = None
+#: Jobs one worker process runs at once (Dramatiq's ``--threads``), learnt at its boot.
+_worker_threads = 1
 
 
 class StepRetry(dramatiq.Retry, SnaparchiveError):
@@ -53,12 +58,26 @@ async def _get_context() -> Context:
     global _context
     if _context is None:
         settings = settings_module.load()
-        _context = Context.create(settings, RedisJobStore.for_settings(settings))
+        _context = Context.create(
+            settings, RedisJobStore.for_settings(settings), transfers=_worker_threads
+        )
     return _context
 
 
 class ContextLifecycle(Middleware):
-    """Tells running transfers to checkpoint at shutdown, then closes the context."""
+    """Learns the worker's thread count at boot (the archive store's threads are sized for
+    that many transfers), warns when the MD5 state cannot be saved, tells running transfers
+    to checkpoint at shutdown, then closes the context."""
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        global _worker_threads
+        _worker_threads = max(1, int(getattr(worker, "worker_threads", 1)))
+        if not resumable_available():
+            logger.warning(
+                "libcrypto's MD5 is not usable here (missing, or a FIPS build): a transfer "
+                "that resumes must hash its whole prefix again, and transfers run to their "
+                "end in one message instead of in slices"
+            )
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if _context is not None:
@@ -148,7 +167,12 @@ def await_export(zone: str, snapshot_id: str) -> None:
     _drive("await_export", zone, snapshot_id)
 
 
-@dramatiq.actor(time_limit=(_settings.transfer_slice + 600) * 1000, **_options)
+# Without a resumable MD5 a transfer cannot hand over at the end of its slice (its successor
+# would hash the whole prefix again), so it runs to its end in one message.
+_TRANSFER_LIMIT = (_settings.transfer_slice + 600) * 1000 if resumable_available() else UNLIMITED
+
+
+@dramatiq.actor(time_limit=_TRANSFER_LIMIT, **_options)
 def transfer_snapshot(zone: str, snapshot_id: str) -> None:
     """Stream, verify and archive the export for one slice, resuming from the checkpoint."""
     _drive("transfer_snapshot", zone, snapshot_id)

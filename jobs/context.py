@@ -42,17 +42,25 @@ class Context:
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    def create(cls, settings: Settings, store: JobStore) -> Context:
-        """Build the adapters from ``settings``; raises ConfigError for what is missing."""
+    def create(cls, settings: Settings, store: JobStore, transfers: int = 1) -> Context:
+        """Build the adapters from ``settings``; raises ConfigError for what is missing.
+
+        Parameters:
+          settings: Everything read from the environment.
+          store: The job store.
+          transfers: Transfers this process may run at once (a worker's ``--threads``;
+            default 1, as ``archive --local``).
+        """
         settings.s3.require_bucket()
         return cls(
             settings=settings,
             store=store,
             exoscale=ExoscaleClient(settings.exoscale),
-            # Uploads and their completion run in the store's threads: enough for the transfers
-            # a worker process runs at once (``snaparchive worker --threads``, default 4).
+            # Each transfer keeps ``upload_concurrency`` parts uploading, plus one control call
+            # (ListParts, Complete...) at a time: the store's threads serve them all.
             archive=ArchiveStore(
-                settings.s3, max_workers=(settings.transfer.upload_concurrency + 1) * 4
+                settings.s3,
+                max_workers=(settings.transfer.upload_concurrency + 1) * transfers,
             ),
         )
 

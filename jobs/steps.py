@@ -16,11 +16,10 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from jobs.context import Context
 from jobs.watch import LEASE_MARGIN, TransferWatch
-from worker.archive import ArchiveId, ArchiveStore
+from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
     OperationTimeout,
@@ -29,6 +28,7 @@ from worker.errors import (
     is_permanent,
 )
 from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
+from worker.manifest import ArchiveId
 from worker.models import Snapshot
 from worker.polling import poll_interval
 from worker.transfer import (
@@ -127,7 +127,7 @@ async def start_export(ctx: Context, zone: str, snapshot_id: str) -> Next | None
     manifest = await ctx.archive.find_archive(PROVIDER, zone, snapshot_id)
     if manifest is not None:
         result = ctx.archive.result_from_manifest(manifest)
-        await ctx.store.update(zone, snapshot_id, step=Step.DONE, result=summary(result))
+        await ctx.store.update(zone, snapshot_id, step=Step.DONE, result=result.to_dict())
         return None
     snapshot = await ctx.exoscale.get_snapshot(zone, snapshot_id)
     now = time.time()
@@ -262,23 +262,12 @@ async def _finish(ctx: Context, zone: str, snapshot_id: str, result: ArchiveResu
         zone,
         snapshot_id,
         step=Step.DONE,
-        result=summary(result),
+        result=result.to_dict(),
         bytes_done=result.size,
         bytes_total=result.size,
         error=None,
     )
     await ctx.store.clear_checkpoint(zone, snapshot_id)
-
-
-def summary(result: ArchiveResult) -> dict[str, Any]:
-    """The archive as jobs record it and ``archive --json`` prints it."""
-    return {
-        "bucket": result.bucket,
-        "manifest": result.manifest_key,
-        "md5": result.md5,
-        "size": result.size,
-        "objects": [{"key": o.key, "size": o.size, "etag": o.etag} for o in result.objects],
-    }
 
 
 def _source(ctx: Context, zone: str, snapshot: Snapshot) -> ExportSource:

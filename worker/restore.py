@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from worker.archive import ArchivedObject, Manifest
 from worker.errors import ChecksumMismatch, SnaparchiveError, StoreError, StoreIntegrityError
+from worker.manifest import ArchivedObject, Manifest
 
 CHUNK = 8 << 20
 

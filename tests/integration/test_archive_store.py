@@ -6,7 +6,7 @@ import boto3
 import pytest
 
 from worker import __version__
-from worker.archive import ArchivedObject, ArchiveStore, Manifest
+from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
     ConfigError,
@@ -14,6 +14,7 @@ from worker.errors import (
     ObjectExists,
     StoreIntegrityError,
 )
+from worker.manifest import ArchivedObject, Manifest
 from worker.settings import S3Settings
 from worker.units import MiB
 

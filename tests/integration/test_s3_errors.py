@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fixtures.hostile import closed_port
-from worker.archive import S3_MAX_ATTEMPTS, ArchiveStore
+from worker.archive import ArchiveStore
 from worker.errors import StoreError
+from worker.s3client import S3_MAX_ATTEMPTS
 from worker.settings import S3Settings
 
 pytestmark = pytest.mark.integration

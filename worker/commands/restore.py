@@ -21,10 +21,12 @@ import sys
 from pathlib import Path
 
 from worker import argtypes as types
-from worker.archive import ArchiveStore, Manifest, s3_client
+from worker.archive import ArchiveStore
 from worker.errors import NotFound
+from worker.manifest import Manifest
 from worker.progress import ProgressDisplay
 from worker.restore import OutputError, restore_to_file, stream_archive
+from worker.s3client import s3_client
 from worker.settings import Settings, load
 from worker.units import format_size
 

@@ -106,7 +106,8 @@ def _count(value: Any) -> bool:
 
 
 def _result(value: Any) -> bool:
-    """The shape ``status`` and ``archive`` print from: see :func:`jobs.steps.summary`."""
+    """The shape ``status`` and ``archive`` print from: see
+    :meth:`worker.manifest.ArchiveResult.to_dict`."""
     if not isinstance(value, dict):
         return False
     keys_ok = all(isinstance(value.get(k), str) for k in ("bucket", "manifest", "md5"))

@@ -37,9 +37,10 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from worker.archive import ArchiveResult, ArchiveStore
+from worker.archive import ArchiveStore
 from worker.download import DownloadRetry, check_download_url
 from worker.errors import ArchiveExists
+from worker.manifest import ArchiveResult
 from worker.settings import TransferSettings
 from worker.transfer.checkpoint import (
     COMPLETED,

@@ -17,7 +17,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 import worker
-from worker.archive import ArchivedObject, ArchiveResult, ArchiveStore, Manifest
+from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
     ChecksumMismatch,
@@ -25,6 +25,7 @@ from worker.errors import (
     StoreIntegrityError,
     TransferError,
 )
+from worker.manifest import ArchivedObject, ArchiveResult, Manifest
 from worker.md5state import Md5
 from worker.parts import SegmentSpan
 from worker.transfer.checkpoint import (

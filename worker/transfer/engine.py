@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import aiohttp
 
 import worker
-from worker.archive import ArchiveResult, ArchiveStore
+from worker.archive import ArchiveStore
 from worker.download import Download, DownloadRetry
 from worker.errors import StoreIntegrityError, TransferError, is_permanent
+from worker.manifest import ArchiveResult
 from worker.md5state import Md5, new_md5
 from worker.parts import Part, buffer_count, plan_parts
 from worker.settings import TransferSettings

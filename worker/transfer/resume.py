@@ -20,8 +20,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.archive import ArchiveId, ArchiveStore
+from worker.archive import ArchiveStore
 from worker.errors import ArchiveExists, SnaparchiveError
+from worker.manifest import ArchiveId
 from worker.md5state import Md5, new_md5
 from worker.parts import SegmentSpan
 from worker.transfer.checkpoint import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from worker.archive import ArchiveId
+from worker.manifest import ArchiveId
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ case "${1:-}" in
     ensure_rabbitmq
     apt_install redis-server redis-server  # tests start their own redis-server to restart it
     .venv/bin/ruff check worker jobs tests bench
+    .venv/bin/mypy  # files and strictness: [tool.mypy] in pyproject.toml
     exec .venv/bin/pytest -q "${@:2}"
     ;;
   bench)

@@ -21,7 +21,7 @@ import logging
 from typing import Any
 
 import dramatiq
-from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from jobs.context import Context
@@ -44,6 +44,14 @@ UNLIMITED = 30 * 24 * 3600 * 1000
 _context: Context | None = None
 #: Jobs one worker process runs at once (Dramatiq's ``--threads``), learnt at its boot.
 _worker_threads = 1
+
+
+def _loop_thread() -> EventLoopThread:
+    """The event loop of Dramatiq's AsyncIO middleware (the broker always has it)."""
+    thread = get_event_loop_thread()
+    if thread is None:
+        raise RuntimeError("Dramatiq's AsyncIO middleware is not running")
+    return thread
 
 
 class StepRetry(dramatiq.Retry, SnaparchiveError):
@@ -81,12 +89,12 @@ class ContextLifecycle(Middleware):
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         if _context is not None:
-            get_event_loop_thread().loop.call_soon_threadsafe(_context.shutdown.set)
+            _loop_thread().loop.call_soon_threadsafe(_context.shutdown.set)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         global _context
         if _context is not None:
-            get_event_loop_thread().run_coroutine(_context.close())
+            _loop_thread().run_coroutine(_context.close())
             _context = None
 
 
@@ -127,7 +135,7 @@ def _drive(name: str, zone: str, snapshot_id: str) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     try:
-        following = get_event_loop_thread().run_coroutine(
+        following = _loop_thread().run_coroutine(
             _run_step(name, zone, snapshot_id, last_try=retries >= MAX_RETRIES)
         )
         if following is not None:
@@ -147,7 +155,7 @@ _settings = settings_module.load()
 broker = make_broker(
     _settings.broker_url, ContextLifecycle(), heartbeat_timeout=_settings.heartbeat_timeout
 )
-_options = {
+_options: dict[str, Any] = {
     "queue_name": _settings.queue,
     "max_retries": MAX_RETRIES,
     "min_backoff": 5_000,

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 LOCAL_RETRIES = RetryPolicy(attempts=6, base=2.0, cap=60.0)
 
 
-async def run_job(ctx: Context, zone: str, snapshot_id: str, retry: RetryPolicy = LOCAL_RETRIES):
+async def run_job(
+    ctx: Context, zone: str, snapshot_id: str, retry: RetryPolicy = LOCAL_RETRIES
+) -> None:
     """Drive the job of ``zone``/``snapshot_id`` (already claimed) until it ends.
 
     Parameters:

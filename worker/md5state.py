@@ -31,7 +31,10 @@ _TAG = b"md5ctx1:"
 class Md5(Protocol):
     """What the transfer engine needs from an MD5 chain."""
 
-    length: int
+    @property
+    def length(self) -> int:
+        """Bytes hashed so far."""
+        ...
 
     def update(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -78,8 +81,8 @@ def _address(data: bytes | bytearray | memoryview) -> tuple[object, int]:
         holder = (ctypes.c_char * view.nbytes).from_buffer(view)
         return holder, ctypes.addressof(holder)
     raw = data if isinstance(data, bytes) else view.tobytes()
-    holder = ctypes.c_char_p(raw)
-    return raw, ctypes.cast(holder, ctypes.c_void_p).value or 0
+    pointer = ctypes.c_char_p(raw)
+    return raw, ctypes.cast(pointer, ctypes.c_void_p).value or 0
 
 
 class ResumableMd5:

@@ -193,7 +193,7 @@ class _Reader:
             self.label = f'"{name}"'
         # Unknown keys first: a misspelt "name" is reported as such, not as missing.
         _no_unknown_keys(self.table, POLICY_KEYS, self.source, self.label, "")
-        if not named:
+        if not named or not isinstance(name, str):
             pattern = f"must match [a-z0-9][a-z0-9-]*, got {_show(name)}"
             raise self.fail("name", "missing" if name is None else pattern)
         zone = self.required("zone")

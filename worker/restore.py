@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -96,7 +96,7 @@ def _write_all(sink: BinaryIO, chunk: bytes, sink_name: str) -> None:
         raise OutputError(f"cannot write {sink_name}: {_reason(exc)}") from None
 
 
-def _read_object(client: Any, bucket: str, obj: ArchivedObject) -> Iterator[bytes]:
+def _read_object(client: Any, bucket: str, obj: ArchivedObject) -> Generator[bytes]:
     """Yield the bytes of ``obj``; every failure of the store becomes one error naming it."""
     try:
         answer = client.get_object(Bucket=bucket, Key=obj.key)

@@ -218,7 +218,7 @@ async def test_a_huge_object_at_a_manifest_key_is_refused_after_one_range(
     put_object(moto_endpoint, s3_bucket, KEY, b"{" + b" " * (BIG - 1))
     settings = S3Settings(endpoint=store_proxy.url, bucket=s3_bucket)
     async with ArchiveStore(settings) as store:
-        with pytest.raises(StoreIntegrityError, match="longer than a manifest.s 1048576 bytes"):
+        with pytest.raises(StoreIntegrityError, match="longer than a manifest's 1048576 bytes"):
             await store.read_manifest(KEY)
     assert store_proxy.wait() <= MANIFEST_LIMIT + 1
 
@@ -228,7 +228,7 @@ async def test_a_store_ignoring_the_range_is_hung_up_on(store_proxy, moto_endpoi
     put_object(moto_endpoint, s3_bucket, KEY, b"{" + b" " * (BIG - 1))
     settings = S3Settings(endpoint=store_proxy.url, bucket=s3_bucket)
     async with ArchiveStore(settings) as store:
-        with pytest.raises(StoreIntegrityError, match="longer than a manifest.s 1048576 bytes"):
+        with pytest.raises(StoreIntegrityError, match="longer than a manifest's 1048576 bytes"):
             await store.read_manifest(KEY)
     # Refused by its Content-Length, unread: only what socket buffers held went out.
     assert store_proxy.wait() < BIG // 2

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -205,7 +205,10 @@ class RedisJobStore:
     async def _read(
         self, zone: str, snapshot_id: str
     ) -> tuple[JobRecord | None, dict[bytes, bytes]]:
-        data = await self.redis.hgetall(self._key("job", zone, snapshot_id))
+        # The client decodes nothing (no decode_responses): names and values are bytes.
+        data = cast(
+            dict[bytes, bytes], await self.redis.hgetall(self._key("job", zone, snapshot_id))
+        )
         if not data:
             return None, {}
         return parse(zone, snapshot_id, data), data
@@ -237,7 +240,7 @@ class RedisJobStore:
 
     async def list(self, limit: int = 100) -> list[JobRecord]:
         """Return the most recently updated jobs, newest first (unreadable ones included)."""
-        members = await self.redis.zrevrange(f"{self.ns}:jobs", 0, limit - 1)
+        members = cast(list[bytes], await self.redis.zrevrange(f"{self.ns}:jobs", 0, limit - 1))
         records = []
         for member in members:
             zone, _, snapshot_id = member.decode(errors="replace").partition(":")

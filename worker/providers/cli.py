@@ -77,7 +77,7 @@ def run(
 
 
 def _table(inventory: Inventory, out: TextIO) -> None:
-    rows = [COLUMNS]
+    rows: list[tuple[str, ...]] = [COLUMNS]
     for r in inventory.records:
         archived = inventory.is_archived(r)
         status = r.status if r.raw_status in (None, r.status) else f"{r.status} ({r.raw_status})"

@@ -77,7 +77,7 @@ class Exoscale(Provider):
     async def close(self) -> None:
         await self.client.close()
 
-    def regions(self, asked: str | None) -> Sequence[str | None]:
+    def regions(self, asked: str | None) -> Sequence[str]:
         if asked is None:
             return self.zones
         if not ZONE_NAME.fullmatch(asked):
@@ -95,7 +95,7 @@ class Exoscale(Provider):
         listings = await asyncio.gather(
             *(self.client.list_snapshots(z) for z in zones), return_exceptions=True
         )
-        records = []
+        records: list[SnapshotRecord] = []
         for zone, found in zip(zones, listings, strict=True):
             if isinstance(found, BaseException):
                 raise found

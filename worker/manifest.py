@@ -16,17 +16,24 @@ objects the manifest lists, in order; its MD5 is the manifest's ``md5``, which i
 export's published ``md5sum``. Each object is a multipart upload of ``part_size`` parts (the
 last one shorter); its ``etag`` is the S3 multipart ETag (``md5(concat(part md5s))-N``).
 
-``manifest.json`` (format 1)::
+``manifest.json`` (format 2; format 1 lacks ``policy`` and ``template``, and is still read)::
 
     {
-      "format": 1,
+      "format": 2,
       "provider": "exoscale", "zone": "ch-gva-2", "snapshot_id": "<uuid>",
       "snapshot_name": "db-nightly", "instance_id": "<uuid>" | null,
       "created_at": "<ISO 8601, when the snapshot was taken>" | null,
       "size": <image bytes>, "md5": "<32 lowercase hex>", "part_size": <bytes>,
       "segments": [{"key": "<full key>", "size": <bytes>, "etag": "<ETag>", "offset": <bytes>}],
-      "tool_version": "<snaparchive version>", "archived_at": "<ISO 8601 UTC>"
+      "tool_version": "<snaparchive version>", "archived_at": "<ISO 8601 UTC>",
+      "policy": "<backup policy name>" | null,
+      "template": {"boot_mode": "legacy" | "uefi", "ssh_key_enabled": true,
+                   "password_enabled": false, "default_user": "ubuntu" | null} | null
     }
+
+``template`` is how the snapshot's instance booted (its template's settings when it was
+archived): a restore registers a template with the same settings, since the instance and
+its template may be gone by then. ``null`` where it was not known.
 
 A reader trusts a manifest only when it is exactly what a commit writes
 (:meth:`Manifest.from_json` lists the rules): the ids of its own key, segments under its own
@@ -45,7 +52,9 @@ from typing import Any
 from worker.errors import StoreIntegrityError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+#: The format written. Format 1 (no ``policy``, no ``template``) is still read.
+MANIFEST_FORMAT = 2
+BOOT_MODES = ("legacy", "uefi")
 #: The most bytes of a manifest read: a real one is a few hundred bytes per segment.
 MANIFEST_LIMIT = 1 << 20
 MD5_HEX = re.compile(r"[0-9a-f]{32}")
@@ -121,8 +130,44 @@ class ArchivedObject:
 
 
 @dataclass(frozen=True)
+class SourceTemplate:
+    """How the snapshot's instance booted, as its template said when it was archived: what a
+    restore as a template needs once the instance (and its template) may be gone.
+
+    Parameters:
+      boot_mode: ``legacy`` or ``uefi``.
+      ssh_key_enabled, password_enabled: The template's flags.
+      default_user: The template's default user, if it had one.
+    """
+
+    boot_mode: str
+    ssh_key_enabled: bool
+    password_enabled: bool
+    default_user: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> SourceTemplate:
+        """Read the ``template`` object of a manifest (raises :class:`_Invalid`)."""
+        if not isinstance(data, dict):
+            raise _Invalid(f"template is a {type(data).__name__}, not an object")
+        kinds: dict[str, type | tuple[type, ...]] = {
+            "boot_mode": str,
+            "ssh_key_enabled": bool,
+            "password_enabled": bool,
+            "default_user": (str, type(None)),
+        }
+        if data.keys() != kinds.keys():
+            raise _Invalid(f"template has fields {sorted(data)}, not {sorted(kinds)}")
+        for name, kind in kinds.items():
+            _check_type(f"template {name}", data[name], kind)
+        if data["boot_mode"] not in BOOT_MODES:
+            raise _Invalid(f"template boot_mode {shown(data['boot_mode'])} is not legacy or uefi")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """The JSON document that commits an archive; see :meth:`to_json` for the format.
+    """The JSON document that commits an archive; see the module docstring for the format.
 
     Parameters:
       provider, zone, snapshot_id, snapshot_name, instance_id, created_at: The source snapshot.
@@ -132,6 +177,8 @@ class Manifest:
       objects: The image objects in order; concatenated they are the image.
       tool_version: ``worker.__version__`` of the writer.
       archived_at: ISO 8601 UTC time of the commit.
+      policy: The backup policy that took the snapshot, if one did (format 2).
+      template: The source instance's template settings, when known (format 2).
     """
 
     provider: str
@@ -146,6 +193,8 @@ class Manifest:
     objects: tuple[ArchivedObject, ...]
     tool_version: str
     archived_at: str
+    policy: str | None = None
+    template: SourceTemplate | None = None
     format: int = field(default=MANIFEST_FORMAT)
 
     def to_json(self) -> bytes:
@@ -191,15 +240,17 @@ class Manifest:
             raise _Invalid("not JSON") from None
         if not isinstance(data, dict):
             raise _Invalid("not a JSON object")
-        if type(data.get("format")) is not int or data["format"] != MANIFEST_FORMAT:
-            raise _Invalid(f"unknown format {shown(data.get('format'))}")
-        missing = sorted(_MANIFEST_FIELDS.keys() - data.keys())
+        version = data.get("format")
+        if type(version) is not int or version not in _FIELDS_OF_FORMAT:
+            raise _Invalid(f"unknown format {shown(version)}")
+        fields_of = _FIELDS_OF_FORMAT[version]
+        missing = sorted(fields_of.keys() - data.keys())
         if missing:
             raise _Invalid(f"no {missing[0]!r}")
-        unknown = sorted(data.keys() - _MANIFEST_FIELDS.keys())
+        unknown = sorted(data.keys() - fields_of.keys())
         if unknown:
             raise _Invalid(f"unknown field {shown(unknown[0])}")
-        for field_name, kind in _MANIFEST_FIELDS.items():
+        for field_name, kind in fields_of.items():
             _check_type(field_name, data[field_name], kind)
         for field_name, expected in zip(_KEY_FIELDS, path[-3:], strict=True):
             if data[field_name] != expected:
@@ -222,6 +273,9 @@ class Manifest:
             stored += objects[-1].size
         if stored != data["size"]:
             raise _Invalid(f"segments add up to {stored} bytes, size is {data['size']}")
+        template = data.pop("template", None)
+        if template is not None:
+            data["template"] = SourceTemplate.from_json(template)
         return cls(objects=tuple(objects), **data)
 
 
@@ -244,6 +298,11 @@ _MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "segments": list,
     "tool_version": str,
     "archived_at": str,
+}
+#: The fields of each format read: format 2 adds ``policy`` and ``template``.
+_FIELDS_OF_FORMAT: dict[int, dict[str, type | tuple[type, ...]]] = {
+    1: _MANIFEST_FIELDS,
+    2: {**_MANIFEST_FIELDS, "policy": (str, type(None)), "template": (dict, type(None))},
 }
 #: The fields a manifest's key path names, in path order.
 _KEY_FIELDS = ("provider", "zone", "snapshot_id")

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from worker.errors import StoreIntegrityError
-from worker.manifest import Manifest, schema
+from worker.manifest import Manifest, SourceTemplate, schema
 from worker.transfer import archive_export
 from worker.units import MiB
 
@@ -79,3 +79,24 @@ def test_schema_and_reader_refuse_the_same_documents(document):
 def test_schema_and_reader_accept_a_valid_document():
     jsonschema.validate(_valid(), schema())
     assert Manifest.from_json(json.dumps(_valid()).encode(), KEY).size == 10
+
+
+async def test_policy_and_source_template_are_recorded_and_read_back(
+    exported, archive_store, small_transfer, bucket
+):
+    template = SourceTemplate(
+        "uefi", ssh_key_enabled=True, password_enabled=False, default_user="debian"
+    )
+    source = replace(exported.add(6 * MiB), policy="web", template=template)
+    result = await archive_export(source, archive_store, small_transfer)
+
+    jsonschema.validate(json.loads(bucket.read(result.manifest_key)), schema())
+    manifest = await archive_store.read_manifest(result.manifest_key)
+    assert (manifest.format, manifest.policy, manifest.template) == (2, "web", template)
+
+
+def test_a_format_1_manifest_is_still_read():
+    document = _valid()
+    assert document["format"] == 1
+    manifest = Manifest.from_json(json.dumps(document).encode(), KEY)
+    assert (manifest.policy, manifest.template) == (None, None)

@@ -174,4 +174,6 @@ class Commit:
             objects=tuple(objects),
             tool_version=worker.__version__,
             archived_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            policy=source.policy,
+            template=source.template,
         )

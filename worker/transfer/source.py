@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from worker.manifest import ArchiveId
+from worker.manifest import ArchiveId, SourceTemplate
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,8 @@ class ExportSource:
       md5: The export's published md5sum (hex).
       url: The current presigned URL: a credential, never logged, stored or put in metadata.
       refresh_url: Coroutine function returning a fresh presigned URL.
+      policy: The backup policy that took the snapshot, if one did (default ``None``).
+      template: The source instance's template settings, when known (default ``None``).
     """
 
     provider: str
@@ -28,6 +30,8 @@ class ExportSource:
     md5: str
     url: str = field(repr=False)
     refresh_url: Callable[[], Awaitable[str]] = field(repr=False)
+    policy: str | None = None
+    template: SourceTemplate | None = None
 
     @property
     def archive(self) -> ArchiveId:

@@ -179,7 +179,8 @@ async def await_export(ctx: Context, zone: str, snapshot_id: str) -> Next | None
 
 async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next | None:
     """Stream, verify and archive the exported file, resuming from the last checkpoint."""
-    if await _active_job(ctx, zone, snapshot_id) is None:
+    job = await _active_job(ctx, zone, snapshot_id)
+    if job is None:
         return None
     ttl = ctx.settings.lease_ttl
     owner = run_token(ctx)
@@ -199,7 +200,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
         watch = TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
         try:
             result = await archive_export(
-                _source(ctx, zone, snapshot),
+                _source(ctx, job, snapshot),
                 ctx.archive,
                 ctx.settings.transfer,
                 checkpoint=saved,
@@ -270,8 +271,10 @@ async def _finish(ctx: Context, zone: str, snapshot_id: str, result: ArchiveResu
     await ctx.store.clear_checkpoint(zone, snapshot_id)
 
 
-def _source(ctx: Context, zone: str, snapshot: Snapshot) -> ExportSource:
+def _source(ctx: Context, job: JobRecord, snapshot: Snapshot) -> ExportSource:
+    """What the transfer of ``job`` reads: the export of ``snapshot``."""
     assert snapshot.export is not None
+    zone = job.zone
 
     async def refresh_url() -> str:
         fresh = await ctx.exoscale.get_snapshot(zone, snapshot.id)
@@ -289,6 +292,7 @@ def _source(ctx: Context, zone: str, snapshot: Snapshot) -> ExportSource:
         md5=snapshot.export.md5sum,
         url=snapshot.export.presigned_url,
         refresh_url=refresh_url,
+        policy=job.policy,
     )
 
 

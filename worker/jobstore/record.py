@@ -56,6 +56,7 @@ class JobRecord:
       cancel_requested: An operator asked the job to stop.
       sent_at: When the job's first message was handed to the broker (``None``: never, as
         for a send that failed or an ``archive --local`` run).
+      policy: The backup policy whose run queued the job (recorded in the manifest), if any.
     """
 
     zone: str
@@ -71,6 +72,7 @@ class JobRecord:
     error: str | None = None
     cancel_requested: bool = False
     sent_at: float | None = None
+    policy: str | None = None
 
     @property
     def key(self) -> str:
@@ -145,6 +147,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "error": _optional(_string),
     "cancel_requested": lambda value: isinstance(value, bool),
     "sent_at": _optional(_number),
+    "policy": _optional(_string),
 }
 #: Fields a record cannot do without; the others have defaults (records written before a
 #: field existed lack it).

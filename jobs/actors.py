@@ -24,8 +24,9 @@ import dramatiq
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.middleware import CurrentMessage, Middleware
 
+from jobs.chains import CHAIN_OF
 from jobs.context import Context
-from jobs.steps import STEPS, Next, fail
+from jobs.steps import Next
 from worker import settings as settings_module
 from worker.broker import make_broker, safe_traceback
 from worker.errors import SnaparchiveError, describe
@@ -114,15 +115,22 @@ async def _until_store_answers(ctx: Context) -> None:
         pause = min(pause * 2, STORE_WAIT_MAX)
 
 
+async def _launch(step: str, a: str, b: str) -> None:
+    """Start another job's chain: a message for ``step``'s actor."""
+    await asyncio.to_thread(ACTORS[step].send, a, b)
+
+
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
+    ctx.launch = _launch
+    chain = CHAIN_OF[name]
     try:
-        following = await STEPS[name](ctx, zone, snapshot_id)
+        following = await chain.steps[name](ctx, zone, snapshot_id)
     except Exception as error:
         await _until_store_answers(ctx)
         permanent = isinstance(error, SnaparchiveError) and error.permanent
         if permanent or last_try:
-            await fail(ctx, zone, snapshot_id, error)
+            await chain.fail(ctx, zone, snapshot_id, error)
             return None
         raise
     if following is not None:
@@ -186,8 +194,30 @@ def transfer_snapshot(zone: str, snapshot_id: str) -> None:
     _drive("transfer_snapshot", zone, snapshot_id)
 
 
-ACTORS: dict[str, dramatiq.Actor] = {
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def backup_snapshot(run_id: str, instance_id: str) -> None:
+    """Ask for a snapshot of one instance of a backup run."""
+    _drive("backup_snapshot", run_id, instance_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def backup_await_snapshot(run_id: str, instance_id: str) -> None:
+    """Check the snapshot once; then start its archive job."""
+    _drive("backup_await_snapshot", run_id, instance_id)
+
+
+# Rotation and retention read every manifest of the zone: more than a polling step.
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT * 6, **_options)
+def backup_await_archive(run_id: str, instance_id: str) -> None:
+    """Check the archive job once; then rotate snapshots and apply retention."""
+    _drive("backup_await_archive", run_id, instance_id)
+
+
+ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "start_export": start_export,
     "await_export": await_export,
     "transfer_snapshot": transfer_snapshot,
+    "backup_snapshot": backup_snapshot,
+    "backup_await_snapshot": backup_await_snapshot,
+    "backup_await_archive": backup_await_archive,
 }

@@ -11,12 +11,20 @@ import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from worker.archive import ArchiveStore
 from worker.exoscale import ExoscaleClient
 from worker.jobstore import JobStore
 from worker.settings import Settings
+
+#: ``launch(step, a, b)``: start the chain of another job at ``step``, with its two arguments.
+Launch = Callable[[str, str, str], Awaitable[None]]
+
+
+async def _no_launcher(step: str, a: str, b: str) -> None:
+    raise RuntimeError(f"no driver set Context.launch (starting {step})")
 
 
 @dataclass
@@ -30,6 +38,8 @@ class Context:
       archive: The S3 archive store.
       owner: This process's lease token (host, pid and a random part).
       shutdown: Set when the process is stopping; transfers checkpoint and yield.
+      launch: Starts another job's chain at a step (``launch(step, a, b)``): a message on the
+        broker for workers, a task of this process for ``--local`` (set by the driver).
     """
 
     settings: Settings
@@ -40,6 +50,7 @@ class Context:
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    launch: Launch = field(default=_no_launcher, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, store: JobStore, transfers: int = 1) -> Context:

@@ -35,12 +35,16 @@ from worker.settings import S3Settings
 
 @dataclass
 class ArchiveScan:
-    """What :meth:`ArchiveStore.scan_archives` found: ``archived``, the ``(provider, zone,
-    snapshot_id)`` of every archive with a valid manifest, and ``refused``, one line per
-    manifest that is not valid (not counted)."""
+    """What :meth:`ArchiveStore.scan_archives` found: ``manifests``, every valid manifest by
+    its key, and ``refused``, one line per manifest that is not valid (not counted)."""
 
-    archived: set[tuple[str, str, str]] = field(default_factory=set)
+    manifests: dict[str, Manifest] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+
+    @property
+    def archived(self) -> set[tuple[str, str, str]]:
+        """``(provider, zone, snapshot_id)`` of every archive with a valid manifest."""
+        return {(m.provider, m.zone, m.snapshot_id) for m in self.manifests.values()}
 
 
 class ArchiveStore(Bucket):
@@ -159,8 +163,9 @@ class ArchiveStore(Bucket):
         (see :meth:`scan_archives`)."""
         return (await self.scan_archives(concurrency)).archived
 
-    async def scan_archives(self, concurrency: int = 8) -> ArchiveScan:
-        """Read and check every manifest under the store's prefix.
+    async def scan_archives(self, concurrency: int = 8, under: str = "") -> ArchiveScan:
+        """Read and check every manifest under the store's prefix (and ``under`` it, e.g.
+        ``exoscale/ch-gva-2/`` for one zone).
 
         A manifest key is only a claim: the archive counts when its manifest reads back
         valid (:meth:`read_manifest`). Manifests are read ``concurrency`` at a time
@@ -170,7 +175,11 @@ class ArchiveStore(Bucket):
           StoreError: When the store fails (the scan stops at the first failure).
         """
         keys = iter(
-            [k for k in await self.list_keys(self.prefix) if manifest_archive(self.prefix, k)]
+            [
+                k
+                for k in await self.list_keys(self.prefix + under)
+                if manifest_archive(self.prefix, k)
+            ]
         )
         scan = ArchiveScan()
         failures: list[SnaparchiveError] = []
@@ -189,7 +198,7 @@ class ArchiveStore(Bucket):
                 except SnaparchiveError as exc:
                     failures.append(exc)
                     return
-                scan.archived.add((manifest.provider, manifest.zone, manifest.snapshot_id))
+                scan.manifests[key] = manifest
 
         await asyncio.gather(*(reader() for _ in range(max(1, concurrency))))
         if failures:

@@ -28,6 +28,11 @@ COMMANDS = {
     "worker": ("worker.commands.worker", "run Dramatiq workers for the pipeline"),
     "simulate": ("worker.simulator.cli", "run the Exoscale API simulator"),
     "demo": ("worker.commands.demo", "archive a simulated snapshot into a local S3, end to end"),
+    "backup": ("worker.commands.backup", "run a backup policy now"),
+    "forget": ("worker.commands.forget", "apply the policies' retention to their archives"),
+    "archives": ("worker.commands.archives", "the archives in the bucket"),
+    "policies": ("worker.commands.policies", "the backup policy file"),
+    "scheduler": ("worker.commands.scheduler", "run every policy on its schedule"),
 }
 
 

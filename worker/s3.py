@@ -46,6 +46,15 @@ _ERROR_CODE = re.compile(r"^[A-Za-z0-9.]{1,64}$")
 
 
 @dataclass(frozen=True)
+class ListedObject:
+    """An object as ListObjectsV2 reports it: ``key``, ``size``, ``last_modified``."""
+
+    key: str
+    size: int
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True)
 class StoredObject:
     """An object as HEAD reports it: ``size`` in bytes and ``etag`` (without quotes)."""
 
@@ -274,13 +283,20 @@ class Bucket:
         """Return whether ``key`` exists (HEAD)."""
         return await self.stat(key) is not None
 
-    async def list_keys(self, prefix: str) -> list[str]:
-        """Return the keys of every object under ``prefix``."""
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        """Return every object under ``prefix``, with its size and last modification."""
         try:
             items = await self._list("ListObjectsV2", "list_objects_v2", "Contents", Prefix=prefix)
         except ClientError as exc:
             raise self.error("ListObjectsV2", exc) from None
-        return [item["Key"] for item in items]
+        return [
+            ListedObject(item["Key"], int(item.get("Size", 0)), item.get("LastModified"))
+            for item in items
+        ]
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Return the keys of every object under ``prefix``."""
+        return [item.key for item in await self.list_objects(prefix)]
 
     async def read_small(self, key: str, limit: int) -> bytes | None:
         """Return the whole of a small object, asking for its first ``limit`` bytes only (a

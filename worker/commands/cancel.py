@@ -59,9 +59,7 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             # A worker holding the lease stops its transfer and aborts the uploads itself.
             if await store.acquire_lease(zone, snapshot_id, "snaparchive-cancel", ACK_TIMEOUT):
                 async with ArchiveStore(settings.s3) as archive:
-                    await finish_cancelled(
-                        store, archive, zone, snapshot_id, "snaparchive-cancel"
-                    )
+                    await finish_cancelled(store, archive, zone, snapshot_id, "snaparchive-cancel")
                 await store.release_lease(zone, snapshot_id, "snaparchive-cancel")
                 break
             await asyncio.sleep(0.5)

@@ -9,6 +9,7 @@ and behave alike, leases included. Records: :mod:`.record`.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Protocol
 
 from worker.jobstore.memory_store import MemoryJobStore
@@ -32,7 +33,8 @@ class JobStore(Protocol):
     """What the steps and the CLI need from a job store.
 
     Leases belong to one run (an ``owner`` token): only the holder renews or releases a lease
-    and saves the checkpoint, and an expired lease is free.
+    and saves the checkpoint, and an expired lease is free. A lease is named by two words:
+    a job's zone and snapshot id, or a role (``scheduler``, ``leader``).
     """
 
     async def close(self) -> None: ...
@@ -79,6 +81,24 @@ class JobStore(Protocol):
 
     async def lease_left(self, zone: str, snapshot_id: str) -> float:
         """Seconds until the lease expires; 0 when nobody holds it."""
+        ...
+
+    async def save_doc(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        """Store a JSON document (a backup run, a policy's snapshot, ...), replacing it."""
+        ...
+
+    async def load_doc(self, kind: str, key: str) -> dict[str, Any] | None: ...
+
+    async def list_docs(
+        self, kind: str, prefix: str = ""
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
+        """``(key, document)`` of the documents of ``kind`` whose key starts with ``prefix``."""
+        ...
+
+    async def delete_doc(self, kind: str, key: str) -> None: ...
+
+    async def set_once(self, name: str, ttl: float) -> bool:
+        """Set a mark unless it is set (for ``ttl`` seconds); whether this call set it."""
         ...
 
 

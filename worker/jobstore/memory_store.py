@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import json
 import time
 from dataclasses import replace
 from typing import Any
@@ -19,6 +21,10 @@ class MemoryJobStore:
         self.checkpoints: dict[str, dict[str, Any]] = {}
         #: ``{zone}:{id}`` → (owner, expiry on the ``time.monotonic`` clock).
         self.leases: dict[str, tuple[str, float]] = {}
+        #: ``kind`` → ``key`` → document, in the order saved.
+        self.docs: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Marks set by :meth:`set_once` → expiry (``time.monotonic``).
+        self.marks: dict[str, float] = {}
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -110,3 +116,31 @@ class MemoryJobStore:
         if self._holder(key) is None:
             return 0.0
         return max(0.0, self.leases[key][1] - time.monotonic())
+
+    async def save_doc(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        documents = self.docs.setdefault(kind, {})
+        documents.pop(key, None)
+        documents[key] = json.loads(json.dumps(data))  # a copy, as Redis stores it
+
+    async def load_doc(self, kind: str, key: str) -> dict[str, Any] | None:
+        data = self.docs.get(kind, {}).get(key)
+        return json.loads(json.dumps(data)) if data is not None else None
+
+    async def list_docs(
+        self, kind: str, prefix: str = ""
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
+        return [
+            (key, json.loads(json.dumps(data)))
+            for key, data in self.docs.get(kind, {}).items()
+            if key.startswith(prefix)
+        ]
+
+    async def delete_doc(self, kind: str, key: str) -> None:
+        self.docs.get(kind, {}).pop(key, None)
+
+    async def set_once(self, name: str, ttl: float) -> bool:
+        now = time.monotonic()
+        if self.marks.get(name, 0.0) > now:
+            return False
+        self.marks[name] = now + ttl
+        return True

@@ -195,4 +195,3 @@ def parse(zone: str, snapshot_id: str, data: dict[bytes, bytes]) -> JobRecord:
         updated_at=values.get("updated_at", 0.0),
         error=f"unreadable job record ({'; '.join(problems)}); archiving it again replaces it",
     )
-

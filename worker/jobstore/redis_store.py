@@ -14,6 +14,7 @@ read-modify-write is one Lua script, so it is atomic.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from typing import Any, cast
@@ -287,3 +288,48 @@ class RedisJobStore:
         """Seconds until the lease expires unless renewed; 0 when nobody holds it."""
         millis = await self.redis.pttl(self._key("lease", zone, snapshot_id))
         return max(0, millis) / 1000
+
+    # -- documents: backup runs, a policy's snapshots, the scheduler's marks -----------------
+
+    def _doc(self, kind: str, key: str) -> str:
+        return f"{self.ns}:{kind}:{key}"
+
+    async def save_doc(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        """Store ``data`` as the document ``key`` of ``kind`` (replacing it), and index it."""
+        await self.redis.set(self._doc(kind, key), json.dumps(data))
+        await self.redis.zadd(f"{self.ns}:{kind}:index", {key: time.time()})
+
+    async def load_doc(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Return a document; ``None`` when there is none or it is not a JSON object."""
+        raw = await self.redis.get(self._doc(kind, key))
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    async def list_docs(
+        self, kind: str, prefix: str = ""
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
+        """Return ``(key, document)`` of every document of ``kind`` whose key starts with
+        ``prefix``, oldest first."""
+        keys = [
+            k.decode(errors="replace")
+            for k in cast(list[bytes], await self.redis.zrange(f"{self.ns}:{kind}:index", 0, -1))
+        ]
+        found = []
+        for key in keys:
+            if key.startswith(prefix) and (data := await self.load_doc(kind, key)) is not None:
+                found.append((key, data))
+        return found
+
+    async def delete_doc(self, kind: str, key: str) -> None:
+        await self.redis.delete(self._doc(kind, key))
+        await self.redis.zrem(f"{self.ns}:{kind}:index", key)
+
+    async def set_once(self, name: str, ttl: float) -> bool:
+        """Set the mark ``name`` unless it is set (for ``ttl`` seconds); whether this call
+        set it. One scheduled slot fires once however many schedulers see it."""
+        return bool(
+            await self.redis.set(f"{self.ns}:once:{name}", "1", nx=True, px=int(ttl * 1000))
+        )

@@ -1,0 +1,35 @@
+"""The chains of steps a job runs, for the drivers (:mod:`jobs.actors`, :mod:`jobs.local`).
+
+A chain is where a job starts, its step functions by name, and how it ends when a step
+fails for good. Every step takes the context and the job's two words: a zone and a
+snapshot id for an archive, a run id and an instance id for a backup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from jobs import backup_steps, steps
+from jobs.context import Context
+from jobs.steps import StepFunction
+
+Fail = Callable[[Context, str, str, BaseException], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A job's steps: the ``first`` one, all of them by name, and ``fail``, which ends the
+    job with a one-line reason when a step fails for good."""
+
+    name: str
+    first: str
+    steps: dict[str, StepFunction]
+    fail: Fail
+
+
+ARCHIVE = Chain("archive", "start_export", steps.STEPS, steps.fail)
+BACKUP = Chain("backup", "backup_snapshot", backup_steps.STEPS, backup_steps.fail)
+CHAINS = (ARCHIVE, BACKUP)
+#: The chain of every step, by the step's name.
+CHAIN_OF: dict[str, Chain] = {name: chain for chain in CHAINS for name in chain.steps}

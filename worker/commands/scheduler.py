@@ -1,0 +1,76 @@
+"""``snaparchive scheduler``: run every policy on its schedule until stopped.
+
+Run one per host for availability: one leads, the others stand by (see
+:mod:`worker.scheduler`). SIGTERM or SIGINT stops it cleanly (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import uuid
+from datetime import datetime
+
+from worker import backups
+from worker.commands.policy_args import add_policies_argument, load_policies
+from worker.errors import describe
+from worker.exoscale import ExoscaleClient
+from worker.jobstore import RedisJobStore
+from worker.policy import Policy
+from worker.schedule import grace_from_env
+from worker.scheduler import Scheduler
+from worker.settings import load
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_policies_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    policies = load_policies(args)
+    settings = load()
+    settings.exoscale.require_credentials()
+    settings.s3.require_bucket()
+    grace = grace_from_env()
+    from jobs import actors
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        store = RedisJobStore.for_settings(settings)
+        client = ExoscaleClient(settings.exoscale)
+
+        async def send(step: str, a: str, b: str) -> None:
+            await asyncio.to_thread(actors.ACTORS[step].send, a, b)
+
+        async def fire(policy: Policy, slot: datetime, key: str) -> None:
+            try:
+                instances = await backups.begin_run(store, client, policy, key, "schedule", send)
+            except Exception as error:  # the slot is spent: say why it did nothing
+                log.error(
+                    "%s: the run of %s could not start: %s", policy.name, key, describe(error)
+                )
+                await store.save_doc(backups.RUN, key, {"error": describe(error)})
+                return
+            log.info("%s: run %s started for %d instance(s)", policy.name, key, len(instances))
+
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        scheduler = Scheduler(store, policies, fire, owner, grace=grace)
+        names = ", ".join(policies.names)
+        print(f"snaparchive scheduler: {names} (grace {grace}); SIGTERM stops it", flush=True)
+        try:
+            await scheduler.run(stop)
+        finally:
+            await client.close()
+            await store.close()
+
+    asyncio.run(main())
+    return 0

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 
+import boto3
 import pytest
 
 from tests.integration.pipeline_env import ZONE, cli, forget_queue, pipeline_env, worker_process
@@ -151,6 +152,17 @@ def test_a_policy_run_through_the_workers(env, simulator):
     archives = _archives(env, "--zone", ZONE)
     assert {a["instance_id"] for a in archives} == {WEB_A, WEB_B}
 
+    status = cli(env, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)["policies"]
+    assert (row["policy"], row["last_run"], row["result"]) == ("web", report["run"], "ok")
+    assert row["next_run"].endswith("T03:00:00Z")
+    points = {i["instance_id"]: i for i in row["instances"]}
+    assert set(points) == {WEB_A, WEB_B}
+    assert all(0 <= p["age_seconds"] < 600 for p in points.values())
+    text = cli(env, "status")
+    assert "RECOVERY POINTS" in text.stdout and "web" in text.stdout
+
 
 def test_forget_dry_run_lists_every_archive_with_reasons(env, simulator):
     for _ in range(3):
@@ -194,3 +206,29 @@ def test_a_bad_policy_file_is_one_line_and_exit_2(env, tmp_path):
     assert checked.returncode == 2
     assert checked.stderr.strip().count("\n") == 0
     assert 'policy "web": keep.daily: must be a whole number >= 0, got -1' in checked.stderr
+
+
+def test_a_removal_cut_short_after_the_manifest_leaves_objects_gc_removes(env, simulator):
+    code, report = _backup(env, "--local")
+    assert code == 0
+    first = report["instances"][0]
+    s3 = boto3.client("s3", endpoint_url=env["SNAPARCHIVE_S3_ENDPOINT"], region_name="us-east-1")
+    bucket = env["SNAPARCHIVE_S3_BUCKET"]
+    # The crash: the manifest (the commit point) is deleted, the objects are not yet.
+    s3.delete_object(Bucket=bucket, Key=first["manifest"])
+    folder = first["manifest"].rpartition("/")[0] + "/"
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=folder).get("KeyCount", 0) > 0
+    assert first["snapshot_id"] not in {a["snapshot_id"] for a in _archives(env)}
+
+    # Kept while younger than the age guard (a commit may be in progress)...
+    kept = cli(env, "gc")
+    assert kept.returncode == 0, kept.stderr
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=folder).get("KeyCount", 0) > 0
+    # ... and removed without it; the other instance's archive stays whole.
+    swept = cli(env, "gc", "--older-than", "0")
+    assert swept.returncode == 0, swept.stderr
+    assert "1 archive folder(s) without a manifest, 1 deleted" in swept.stdout
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=folder).get("KeyCount", 0) == 0
+    other = report["instances"][1]
+    verified = cli(env, "restore", other["snapshot_id"], "--zone", ZONE, "--verify")
+    assert verified.returncode == 0, verified.stderr

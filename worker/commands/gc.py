@@ -1,4 +1,5 @@
-"""``snaparchive gc``: find multipart uploads nobody will complete, and abort them.
+"""``snaparchive gc``: abort multipart uploads nobody will complete, and delete the objects
+of archives that lost their manifest (see :mod:`worker.orphans`; the same guards apply).
 
 Incomplete uploads are invisible but their parts are billed. An upload is abandoned when
 no active job of the job store owns its snapshot, nobody holds the transfer lease of its
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from worker import argtypes as types
 from worker.archive import ArchiveStore
-from worker.jobstore import RedisJobStore
+from worker.jobstore import JobStore, RedisJobStore
+from worker.orphans import find_orphans, remove_orphan
 from worker.settings import load
 
 
@@ -65,7 +67,25 @@ async def _gc(min_age: float, dry_run: bool) -> int:
             age_text = f"{age / 3600:.1f}h" if age is not None else "?"
             print(f"{action:<26} {age_text:>7}  {upload.key}  (upload {upload.upload_id[:16]}…)")
         print(f"{len(uploads)} open upload(s), {aborted} aborted")
+        await _orphans(archive, store, min_age, dry_run)
         return 0
     finally:
         await store.close()
         await archive.close()
+
+
+async def _orphans(archive: ArchiveStore, store: JobStore, min_age: float, dry_run: bool) -> None:
+    """Objects of archives without a manifest (a removal or a commit cut short) go too."""
+    orphans = await find_orphans(archive, store, min_age=timedelta(seconds=min_age))
+    removed = 0
+    for orphan in orphans:
+        if dry_run:
+            action = "would delete"
+        elif await remove_orphan(archive, orphan):
+            action, removed = "deleted", removed + 1
+        else:
+            action = "kept: its manifest is back"
+        folder = archive.archive_prefix(orphan.provider, orphan.zone, orphan.snapshot_id)
+        print(f"{action:<26} {'':>7}  {folder}  ({len(orphan.keys)} object(s), no manifest)")
+    print(f"{len(orphans)} archive folder(s) without a manifest, {removed} deleted")
+

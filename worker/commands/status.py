@@ -5,20 +5,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
+from typing import Any
 
 from worker import argtypes as types
+from worker.archive import ArchiveStore
 from worker.commands.follow import outcome_json
-from worker.jobstore import JobRecord, RedisJobStore, Step, find_jobs
-from worker.settings import load
-from worker.units import format_size
+from worker.commands.policy_args import add_policies_argument, load_policies
+from worker.commands.policy_status import policy_rows
+from worker.jobstore import JobRecord, JobStore, RedisJobStore, Step, find_jobs
+from worker.policy import policies_path
+from worker.settings import Settings, load
+from worker.units import format_age, format_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("snapshot_id", nargs="?", type=types.snapshot_id, help="one snapshot")
     parser.add_argument("--zone", type=types.zone, help="only this zone")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_policies_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +51,37 @@ def _detail(record: JobRecord) -> str:
     return ""
 
 
+async def _policies(args: argparse.Namespace, settings: Settings, store: JobStore) -> list[Any]:
+    """The policies' rows, when there is a policy file (named, or found by default)."""
+    path = policies_path(os.environ, args.policies)
+    if args.policies is None and not path.exists():
+        return []
+    async with ArchiveStore(settings.s3) as archive:
+        return await policy_rows(store, archive, load_policies(args))
+
+
+def _print_policies(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'POLICY':<16} {'LAST RUN':<22} {'RESULT':<18} {'NEXT RUN':<22} RECOVERY POINTS")
+    for row in rows:
+        points = ", ".join(
+            f"{i['instance_id'][:8]} {format_age(i['age_seconds'])}" for i in row["instances"]
+        )
+        print(
+            f"{row['policy']:<16} {row['last_run_at'] or '-':<22} {row['result'] or '-':<18} "
+            f"{row['next_run']:<22} {points or '-'}"
+        )
+
+
 async def _status(args: argparse.Namespace) -> int:
-    store = RedisJobStore.for_settings(load())
+    settings = load()
+    store = RedisJobStore.for_settings(settings)
+    policies: list[Any] = []
     try:
         if args.snapshot_id:
             records = await find_jobs(store, args.snapshot_id, args.zone)
         else:
             records = [r for r in await store.list(limit=1000) if args.zone in (None, r.zone)]
+            policies = await _policies(args, settings, store)
     finally:
         await store.close()
     if args.json:
@@ -63,7 +94,10 @@ async def _status(args: argparse.Namespace) -> int:
                 updated_at=record.updated_at,
             )
             rows.append(row)
-        print(json.dumps(rows[0] if args.snapshot_id and rows else rows, indent=2))
+        if args.snapshot_id:
+            print(json.dumps(rows[0] if rows else rows, indent=2))
+        else:
+            print(json.dumps({"jobs": rows, "policies": policies}, indent=2))
     else:
         print(f"{'ZONE':<10} {'SNAPSHOT':<36} {'STEP':<15} {'PROGRESS':<22} {'AGE':>6}  DETAIL")
         for r in records:
@@ -72,6 +106,8 @@ async def _status(args: argparse.Namespace) -> int:
                 f"{r.zone:<10} {r.snapshot_id:<36} {r.step:<15} {_progress(r):<22} {age:>6}  "
                 f"{_detail(r)}"
             )
+        if policies:
+            _print_policies(policies)
     if args.snapshot_id and not records:
         print(f"snaparchive: error: no job for snapshot {args.snapshot_id}", file=sys.stderr)
         return 1

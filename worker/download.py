@@ -5,7 +5,8 @@ message; messages name the host only.
 
 Policy (:func:`check_download_url`): the host must match one of
 ``TransferSettings.allowed_download_hosts`` (shell patterns, default ``*.exo.io``);
-https is required except for loopback hosts; URLs with user info are refused;
+https is required except for loopback hosts and for a scheme-qualified entry
+(``http://simulator:8080``: that scheme, that exact host and port); URLs with user info are refused;
 redirects are never followed (a 3xx is an error), so the allowlist cannot be
 sidestepped; TLS certificates are verified (aiohttp's default, never turned off).
 
@@ -37,6 +38,7 @@ import yarl
 
 from worker.errors import AuthError, DownloadRefused, NotFound, ShortRead, TransferError
 from worker.retry import RetryPolicy
+from worker.settings import download_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,15 @@ def _valid_host(host: str) -> bool:
     return bool(_HOSTNAME.match(host))
 
 
+def _endpoint(entry: str) -> tuple[str, str, int] | str | None:
+    """An allowlist entry's (scheme, host, port), ``None`` for a host pattern; a malformed
+    scheme-qualified entry (settings refuse them) matches nothing."""
+    try:
+        return download_endpoint(entry)
+    except ValueError:
+        return "malformed"
+
+
 def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
     """Return the host of ``url`` if the download policy allows it.
 
@@ -77,7 +88,9 @@ def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
 
     Parameters:
       url: The presigned URL.
-      allowed_hosts: Shell patterns (``fnmatch``) a host must match, case-insensitively.
+      allowed_hosts: Shell patterns (``fnmatch``) a host must match, case-insensitively,
+        with https (or http on loopback); or ``scheme://host[:port]`` entries
+        (:func:`~worker.settings.download_endpoint`), each allowing one scheme, host and port.
 
     Raises:
       DownloadRefused: Naming the host (never the URL) and the rule it breaks.
@@ -107,12 +120,18 @@ def check_download_url(url: str, allowed_hosts: Sequence[str]) -> str:
         raise malformed
     if parts.username is not None or parts.password is not None:
         raise DownloadRefused(f"refusing to download from {host}: URL carries user info")
-    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(host)):
+    scheme = parts.scheme.lower()
+    endpoint = (scheme, host, port or {"https": 443, "http": 80}.get(scheme, 0))
+    entries = [(entry, _endpoint(entry)) for entry in allowed_hosts]
+    if any(named == endpoint for _, named in entries):
+        return host  # a scheme-qualified entry names exactly this scheme, host and port
+    if scheme != "https" and not (scheme == "http" and _is_loopback(host)):
         raise DownloadRefused(
             f"refusing to download from {host}: {parts.scheme or 'no'} scheme "
-            "(https is required except on loopback)"
+            "(https is required except on loopback or for an http://HOST:PORT entry)"
         )
-    if not any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed_hosts):
+    patterns = [entry.lower() for entry, named in entries if named is None]
+    if not any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns):
         raise DownloadRefused(
             f"refusing to download from {host}: not in SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS"
         )

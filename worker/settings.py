@@ -7,10 +7,12 @@ Credentials stay in these objects and never travel in job messages.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from worker.errors import ConfigError
 from worker.units import MiB, TiB, parse_size
@@ -68,9 +70,51 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+#: A host name in a scheme-qualified allowlist entry: DNS labels, or an IPv4 address.
+_ENTRY_HOST = re.compile(r"^[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*$")
+
+
+def download_endpoint(entry: str) -> tuple[str, str, int] | None:
+    """Split a scheme-qualified allowlist entry (``http://simulator:8080``) into scheme, host
+    and port (the scheme's default when not given); ``None`` for a host pattern (``*.exo.io``).
+
+    Such an entry names one host exactly (no wildcards) and allows that scheme on that
+    port only: the way to allow plain http to a host that is not loopback (a simulator on a
+    compose network).
+
+    Raises:
+      ValueError: The entry has a scheme but is not ``http://HOST[:PORT]`` or
+        ``https://HOST[:PORT]`` (a path, user info, a wildcard, a bad port).
+    """
+    if "://" not in entry:
+        return None
+    try:
+        parts = urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        raise ValueError("a malformed host or port") from None
+    host = (parts.hostname or "").lower()
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("only http:// or https:// entries")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise ValueError("user info")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or entry.endswith(("?", "#")):
+        raise ValueError("a path")
+    if ":" in host:  # an IPv6 literal
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("a malformed host") from None
+    elif not _ENTRY_HOST.match(host):
+        raise ValueError("not one exact host")
+    scheme = parts.scheme.lower()
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
 def _host_patterns(env: Mapping[str, str]) -> tuple[str, ...]:
-    """``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` as patterns; a value that names no host, or a
-    pattern that is a URL rather than a host, is refused (it would refuse every download)."""
+    """``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` as entries: host patterns, or scheme-qualified
+    entries (:func:`download_endpoint`). A value that names no host, or an entry that is
+    neither, is refused (it would refuse every download)."""
     name = "SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS"
     raw = env.get(name) or "*.exo.io"
     patterns = tuple(p.strip() for p in raw.split(","))
@@ -78,10 +122,19 @@ def _host_patterns(env: Mapping[str, str]) -> tuple[str, ...]:
     if not patterns:
         raise ConfigError(f"{name}: no host pattern in {raw!r} (e.g. *.exo.io)")
     for pattern in patterns:
-        if "://" in pattern or "/" in pattern or "@" in pattern or re.search(r"\s", pattern):
+        if re.search(r"\s", pattern):
+            raise ConfigError(f"{name}: {pattern!r} is not a host pattern: it holds spaces")
+        try:
+            endpoint = download_endpoint(pattern)
+        except ValueError as exc:
             raise ConfigError(
-                f"{name}: {pattern!r} is not a host pattern: hosts only, without scheme, "
-                "path, user or spaces (e.g. *.exo.io, 127.0.0.1)"
+                f"{name}: {pattern!r} is not a scheme://host[:port] entry ({exc}; e.g. "
+                "http://simulator:8080)"
+            ) from None
+        if endpoint is None and ("/" in pattern or "@" in pattern):
+            raise ConfigError(
+                f"{name}: {pattern!r} is not a host pattern: hosts only, without path, user "
+                "or spaces (e.g. *.exo.io, 127.0.0.1), or scheme://host[:port]"
             )
     return patterns
 
@@ -167,7 +220,8 @@ class TransferSettings:
     ``SNAPARCHIVE_UPLOAD_CONCURRENCY`` (parts uploading at once, default 4),
     ``SNAPARCHIVE_MEMORY_LIMIT`` (bytes of part buffers at most, default ``256MiB``),
     ``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` (comma-separated host patterns, default ``*.exo.io``;
-    at least one, hosts only).
+    at least one, hosts only; or ``scheme://host[:port]`` entries, see
+    :func:`download_endpoint`).
     """
 
     segment_limit: int = TiB

@@ -93,3 +93,64 @@ def test_the_default_retry_gives_up_within_its_documented_bounds():
     # Trickling: every attempt spends at most one window.
     assert policy.attempts * retry.window + waits <= 9 * 60
     assert retry.min_bytes == 64 * 1024 and retry.window == 60
+
+
+SIM = ("*.exo.io", "http://simulator:8080")
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts", "host"),
+    [
+        ("http://simulator:8080/ch-gva-2/img?sig=1", SIM, "simulator"),
+        ("http://SIMULATOR:8080/img", ("http://Simulator:8080",), "simulator"),
+        ("http://simulator/img", ("http://simulator",), "simulator"),  # port 80
+        ("http://simulator:80/img", ("http://simulator",), "simulator"),
+        ("http://10.0.0.7:8080/img", ("http://10.0.0.7:8080/",), "10.0.0.7"),
+        ("http://[fd00::7]:8080/img", ("http://[fd00::7]:8080",), "fd00::7"),
+        ("https://sos.internal:8443/img", ("https://sos.internal:8443",), "sos.internal"),
+        (f"https://sos-ch-gva-2.exo.io/b/img?{SECRET}", SIM, "sos-ch-gva-2.exo.io"),
+    ],
+)
+def test_a_scheme_qualified_entry_allows_its_scheme_host_and_port(url, hosts, host):
+    assert check_download_url(url, hosts) == host
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts", "why"),
+    [
+        # Everything but the exact scheme, host and port of the entry stays refused.
+        (f"http://simulator:8081/img?{SECRET}", SIM, "https is required"),
+        (f"http://simulator/img?{SECRET}", SIM, "https is required"),
+        (f"http://simulator.evil.com:8080/img?{SECRET}", SIM, "https is required"),
+        (f"http://evil-simulator:8080/img?{SECRET}", SIM, "https is required"),
+        (f"https://simulator:8080/img?{SECRET}", SIM, "not in SNAPARCHIVE_ALLOWED"),
+        (f"http://sos-ch-gva-2.exo.io:8080/img?{SECRET}", SIM, "https is required"),
+        (f"http://user:pw@simulator:8080/img?{SECRET}", SIM, "user info"),
+        (f"ftp://simulator:8080/img?{SECRET}", SIM, "https is required"),
+        # No wildcards in a scheme-qualified entry: it is not a pattern.
+        (f"http://a.sim:8080/img?{SECRET}", ("http://*.sim:8080",), "https is required"),
+        (f"https://a.sim/img?{SECRET}", ("https://*.sim",), "not in SNAPARCHIVE_ALLOWED"),
+        # An http entry allows that host on http: not every host on https.
+        (f"https://other.com/img?{SECRET}", ("http://simulator:8080",), "not in SNAPARCHIVE"),
+    ],
+)
+def test_a_scheme_qualified_entry_allows_nothing_else(url, hosts, why):
+    with pytest.raises(DownloadRefused, match=why) as raised:
+        check_download_url(url, hosts)
+    assert SECRET not in str(raised.value) and "/img" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # The parsers must agree on the host and port before any entry is looked at.
+        f"http://simulator:8080\\@evil.com/img?{SECRET}",
+        f"http://simulator\0:8080/img?{SECRET}",
+        f"http://simulator:+8080/img?{SECRET}",
+        f"http://simulator:8080;.evil.com/img?{SECRET}",
+    ],
+)
+def test_hostile_urls_are_refused_with_a_scheme_qualified_entry(url):
+    with pytest.raises(DownloadRefused, match="malformed") as raised:
+        check_download_url(url, SIM)
+    assert SECRET not in str(raised.value)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import ConfigError
-from worker.settings import MIN_LEASE_TTL, load
+from worker.settings import MIN_LEASE_TTL, download_endpoint, load
 from worker.units import GiB, MiB, TiB, format_size, parse_size
 
 
@@ -77,10 +77,17 @@ def test_sizes() -> None:
     [
         (",,,", "no host pattern"),
         (" , ", "no host pattern"),
-        ("https://sos-ch-gva-2.exo.io", "not a host pattern"),
         ("*.exo.io, sos.exo.io/bucket", "not a host pattern"),
         ("*.exo.io,user@sos.exo.io", "not a host pattern"),
         ("sos ch-gva-2.exo.io", "not a host pattern"),
+        ("https://sos-ch-gva-2.exo.io/bucket", "not a scheme://host.*a path"),
+        ("http://simulator:8080/v2", "not a scheme://host.*a path"),
+        ("http://simulator:8080?x=1", "not a scheme://host.*a path"),
+        ("ftp://simulator:21", "not a scheme://host.*only http"),
+        ("http://user:pw@simulator:8080", "not a scheme://host.*user info"),
+        ("http://*.sim:8080", "not a scheme://host.*not one exact host"),
+        ("http://simulator:99999", "not a scheme://host.*malformed host or port"),
+        ("http://:8080", "not a scheme://host.*not one exact host"),
     ],
 )
 def test_allowed_download_hosts_must_name_hosts(value: str, why: str) -> None:
@@ -102,3 +109,17 @@ def test_lease_ttl_has_a_minimum_the_transfer_watch_can_renew_within() -> None:
             ConfigError, match=f"SNAPARCHIVE_LEASE_TTL: must be at least {MIN_LEASE_TTL}"
         ):
             load({"SNAPARCHIVE_LEASE_TTL": short})
+
+
+def test_allowed_download_hosts_take_scheme_qualified_entries() -> None:
+    value = "*.exo.io, http://simulator:8080, https://sos.internal:8443/"
+    settings = load({"SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS": value})
+    assert settings.transfer.allowed_download_hosts == (
+        "*.exo.io",
+        "http://simulator:8080",
+        "https://sos.internal:8443/",
+    )
+    assert download_endpoint("http://Simulator:8080") == ("http", "simulator", 8080)
+    assert download_endpoint("http://simulator") == ("http", "simulator", 80)
+    assert download_endpoint("https://sos.internal") == ("https", "sos.internal", 443)
+    assert download_endpoint("*.exo.io") is None

@@ -11,8 +11,9 @@ The rules, for an image of ``total`` bytes and :class:`~worker.settings.Transfer
   ``upload_concurrency + 1`` part buffers fit in ``memory_limit`` (one filling while the
   others upload), never below the 5 MiB S3 minimum.
 - ``segment_size``: the largest multiple of ``part_size`` that is at most
-  ``segment_limit`` and at most 10,000 parts. Images above it become several segments,
-  so a 50 TiB image needs no more memory than a 10 GiB one.
+  ``segment_limit`` (itself at most 5 TiB, S3's largest object) and at most 10,000
+  parts. Images above it become several segments, so a 50 TiB image needs no more
+  memory than a 10 GiB one.
 - ``buffers``: part buffers in flight, ``min(upload_concurrency + 1, memory_limit //
   part_size)``, so ``buffers * part_size <= memory_limit``.
 """
@@ -25,11 +26,13 @@ from typing import Any
 
 from worker.errors import ConfigError
 from worker.settings import TransferSettings
-from worker.units import GiB, MiB, format_size
+from worker.units import GiB, MiB, TiB, format_size
 
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * GiB
 MAX_PARTS = 10_000
+#: S3's largest object: a bigger ``SNAPARCHIVE_SEGMENT_LIMIT`` would fail at the store.
+MAX_OBJECT_SIZE = 5 * TiB
 DEFAULT_PART_SIZE = 64 * MiB
 
 
@@ -159,9 +162,15 @@ def plan_parts(total: int, settings: TransferSettings) -> PartPlan:
     """Return the :class:`PartPlan` for an image of ``total`` bytes.
 
     Raises:
-      ConfigError: As :func:`part_size_for`, or when the segment limit is below one part.
+      ConfigError: As :func:`part_size_for`, or when the segment limit is below one part or
+        above :data:`MAX_OBJECT_SIZE`.
     """
     part_size = part_size_for(settings)
+    if settings.segment_limit > MAX_OBJECT_SIZE:
+        raise ConfigError(
+            f"SNAPARCHIVE_SEGMENT_LIMIT: {format_size(settings.segment_limit)} is above S3's "
+            f"largest object ({format_size(MAX_OBJECT_SIZE)})"
+        )
     segment_size = min(settings.segment_limit, part_size * MAX_PARTS) // part_size * part_size
     if segment_size == 0:
         raise ConfigError(

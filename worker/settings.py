@@ -166,6 +166,11 @@ class ExoscaleSettings:
             if not value:
                 raise ConfigError(f"{name} is not set")
 
+    @property
+    def zoned(self) -> bool:
+        """Whether the endpoint has ``{zone}`` in it; without, every zone's calls go to it."""
+        return "{zone}" in self.endpoint
+
     def url(self, zone: str) -> str:
         """Return the API base URL (ending in ``/v2``) for ``zone``."""
         return self.endpoint.replace("{zone}", zone).rstrip("/")
@@ -175,16 +180,18 @@ class ExoscaleSettings:
 class S3Settings:
     """The S3-compatible archive store.
 
-    Variables: ``SNAPARCHIVE_S3_ENDPOINT`` (default: AWS), ``SNAPARCHIVE_S3_BUCKET`` (required),
-    ``SNAPARCHIVE_S3_PREFIX`` (default ``snaparchive/``), ``SNAPARCHIVE_S3_REGION`` (default
-    ``us-east-1``), ``SNAPARCHIVE_S3_ADDRESSING_STYLE`` (``path`` default, ``virtual`` or
-    ``auto``). Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``, ...).
+    Variables: ``SNAPARCHIVE_S3_ENDPOINT`` (default: AWS, or boto3's ``AWS_ENDPOINT_URL_S3``),
+    ``SNAPARCHIVE_S3_BUCKET`` (required), ``SNAPARCHIVE_S3_PREFIX`` (default ``snaparchive/``),
+    ``SNAPARCHIVE_S3_REGION`` (default ``AWS_REGION``, else boto3's chain:
+    ``AWS_DEFAULT_REGION``, the profile's region), ``SNAPARCHIVE_S3_ADDRESSING_STYLE``
+    (``path`` default, ``virtual`` or ``auto``). Credentials come from boto3's usual chain
+    (``AWS_ACCESS_KEY_ID``, ...).
     """
 
     endpoint: str | None = None
     bucket: str = ""
     prefix: str = "snaparchive/"
-    region: str = "us-east-1"
+    region: str | None = None
     addressing_style: str = "path"
 
     @classmethod
@@ -201,7 +208,8 @@ class S3Settings:
             endpoint=env.get("SNAPARCHIVE_S3_ENDPOINT") or None,
             bucket=env.get("SNAPARCHIVE_S3_BUCKET", ""),
             prefix=prefix,
-            region=env.get("SNAPARCHIVE_S3_REGION") or "us-east-1",
+            # None: boto3's own chain; a fixed default here would override it.
+            region=env.get("SNAPARCHIVE_S3_REGION") or env.get("AWS_REGION") or None,
             addressing_style=style,
         )
 
@@ -232,14 +240,20 @@ class TransferSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TransferSettings:
+        # parts imports this module: the import waits until both are loaded.
+        from worker.parts import plan_parts
+
         part = env.get("SNAPARCHIVE_PART_SIZE")
-        return cls(
+        settings = cls(
             segment_limit=_size(env, "SNAPARCHIVE_SEGMENT_LIMIT", TiB),
             part_size=_size(env, "SNAPARCHIVE_PART_SIZE", 0) if part else None,
             upload_concurrency=_int(env, "SNAPARCHIVE_UPLOAD_CONCURRENCY", 4),
             memory_limit=_size(env, "SNAPARCHIVE_MEMORY_LIMIT", 256 * MiB),
             allowed_download_hosts=_host_patterns(env),
         )
+        # The rules of worker.parts, now rather than when a job has exported its snapshot.
+        plan_parts(0, settings)
+        return settings
 
 
 @dataclass(frozen=True)

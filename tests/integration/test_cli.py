@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -15,6 +16,7 @@ from tests.integration.pipeline_env import (
     stored_md5,
 )
 from worker.cli import main
+from worker.exoscale import ExoscaleClient
 from worker.simulator import Faults
 from worker.units import MiB
 
@@ -74,6 +76,31 @@ def test_missing_configuration_exits_2_naming_the_variable(env, capsys, monkeypa
     code, _, err = run(capsys, "archive", str(uuid.uuid4()), "--zone", ZONE, "--local")
     assert code == 2
     assert err.strip() == f"snaparchive: configuration error: {variable} is not set"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SNAPARCHIVE_PART_SIZE", "1MiB"),
+        ("SNAPARCHIVE_PART_SIZE", "6GiB"),
+        ("SNAPARCHIVE_MEMORY_LIMIT", "4MiB"),
+        ("SNAPARCHIVE_SEGMENT_LIMIT", "1MiB"),
+        ("SNAPARCHIVE_SEGMENT_LIMIT", "6TiB"),
+    ],
+)
+async def test_sizes_out_of_range_exit_2_before_the_export(
+    env, capsys, monkeypatch, simulator, variable, value
+):
+    snapshot_id = str(uuid.uuid4())
+    simulator.add_snapshot(snapshot_id, 11 * MiB, zone=ZONE)
+    monkeypatch.setenv(variable, value)
+    code, _, err = await asyncio.to_thread(
+        run, capsys, "archive", snapshot_id, "--zone", ZONE, "--local"
+    )
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"snaparchive: configuration error: {variable}")
+    async with ExoscaleClient(simulator.settings()) as client:
+        assert (await client.get_snapshot(ZONE, snapshot_id)).state == "ready"  # not exported
 
 
 def test_unknown_snapshot_exits_1_with_one_line(env, capsys):

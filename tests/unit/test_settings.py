@@ -48,6 +48,13 @@ def test_values_are_parsed() -> None:
         ({"SNAPARCHIVE_BROKER_URL": "kafka://x"}, "SNAPARCHIVE_BROKER_URL"),
         ({"SNAPARCHIVE_S3_ADDRESSING_STYLE": "sideways"}, "SNAPARCHIVE_S3_ADDRESSING_STYLE"),
         ({"SNAPARCHIVE_QUEUE": "a queue:with spaces"}, "SNAPARCHIVE_QUEUE"),
+        # Out of the ranges of worker.parts: refused at load, not when a job plans its parts.
+        ({"SNAPARCHIVE_PART_SIZE": "4MiB"}, "SNAPARCHIVE_PART_SIZE: must be within"),
+        ({"SNAPARCHIVE_PART_SIZE": "0"}, "SNAPARCHIVE_PART_SIZE: must be within"),
+        ({"SNAPARCHIVE_PART_SIZE": "5GiB"}, "SNAPARCHIVE_MEMORY_LIMIT: 256.0 MiB does not"),
+        ({"SNAPARCHIVE_MEMORY_LIMIT": "1MiB"}, "SNAPARCHIVE_MEMORY_LIMIT: 1.0 MiB does not"),
+        ({"SNAPARCHIVE_SEGMENT_LIMIT": "4MiB"}, "SNAPARCHIVE_SEGMENT_LIMIT: 4.0 MiB is below"),
+        ({"SNAPARCHIVE_SEGMENT_LIMIT": "5.5TiB"}, "SNAPARCHIVE_SEGMENT_LIMIT: .* is above"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -123,3 +130,34 @@ def test_allowed_download_hosts_take_scheme_qualified_entries() -> None:
     assert download_endpoint("http://simulator") == ("http", "simulator", 80)
     assert download_endpoint("https://sos.internal") == ("https", "sos.internal", 443)
     assert download_endpoint("*.exo.io") is None
+
+
+def test_sizes_at_the_edges_of_their_ranges_load() -> None:
+    settings = load(
+        {
+            "SNAPARCHIVE_PART_SIZE": "5GiB",
+            "SNAPARCHIVE_MEMORY_LIMIT": "5GiB",
+            "SNAPARCHIVE_SEGMENT_LIMIT": "5TiB",
+        }
+    )
+    assert settings.transfer.part_size == 5 * GiB and settings.transfer.segment_limit == 5 * TiB
+    assert load({"SNAPARCHIVE_PART_SIZE": "5MiB"}).transfer.part_size == 5 * MiB
+
+
+def test_the_s3_region_defaults_to_boto3s_chain(monkeypatch, tmp_path) -> None:
+    from worker.s3client import s3_client
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert load({}).s3.region is None
+    assert load({"AWS_REGION": "eu-west-3"}).s3.region == "eu-west-3"
+    assert load({"SNAPARCHIVE_S3_REGION": "ch-gva-2", "AWS_REGION": "x"}).s3.region == "ch-gva-2"
+    # boto3 reads AWS_DEFAULT_REGION, then the profile: nothing of ours stands in their way.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-2")
+    assert s3_client(load({}).s3).meta.region_name == "eu-central-2"
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    config = tmp_path / "config"
+    config.write_text("[profile archive]\nregion = ap-south-2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "archive")
+    assert s3_client(load({}).s3).meta.region_name == "ap-south-2"

@@ -8,6 +8,7 @@ through :class:`~worker.http.JsonApi` (timeouts, retries of 429/5xx/resets with
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +18,13 @@ import aiohttp
 from yarl import URL
 
 from worker import errors, signing
-from worker.errors import BadResponse, OperationFailed, OperationTimeout, QuotaExceeded
+from worker.errors import (
+    BadResponse,
+    ConfigError,
+    OperationFailed,
+    OperationTimeout,
+    QuotaExceeded,
+)
 from worker.http import DEFAULT_TIMEOUT, JsonApi
 from worker.models import (
     Instance,
@@ -31,6 +38,8 @@ from worker.models import (
 from worker.polling import poll_interval
 from worker.retry import RetryPolicy
 from worker.settings import ExoscaleSettings
+
+log = logging.getLogger(__name__)
 
 #: The zone whose endpoint answers zone-less calls such as list-zones.
 DEFAULT_ZONE = "ch-gva-2"
@@ -69,6 +78,13 @@ class ExoscaleClient:
         settings.require_credentials()
         self.settings = settings
         self.api = JsonApi("exoscale", retry=retry, timeout=timeout, session=session)
+        # The one zone an endpoint without {zone} serves: the first one called.
+        self._fixed_zone: str | None = None
+        if not settings.zoned:
+            log.warning(
+                "EXOSCALE_API_ENDPOINT has no {zone}: every call goes to it, whatever the zone; "
+                "calls for a second zone are refused"
+            )
 
     async def __aenter__(self) -> ExoscaleClient:
         return self
@@ -86,15 +102,32 @@ class ExoscaleClient:
         )
         return {"Authorization": header}
 
+    def _url(self, zone: str | None) -> str:
+        """The API base URL for ``zone`` (``None``: a zone-less call).
+
+        Raises:
+          ConfigError: The endpoint has no ``{zone}`` and served another zone already: its
+            answers would be that zone's.
+        """
+        if zone is not None and not self.settings.zoned:
+            if self._fixed_zone is None:
+                self._fixed_zone = zone
+            elif zone != self._fixed_zone:
+                raise ConfigError(
+                    f"EXOSCALE_API_ENDPOINT has no {{zone}} and serves {self._fixed_zone}: "
+                    f"refusing to send the calls of {zone} there (put {{zone}} in it)"
+                )
+        return self.settings.url(zone or DEFAULT_ZONE)
+
     async def _call(
         self,
         method: str,
-        zone: str,
+        zone: str | None,
         path: str,
         body: Any = None,
         query: Mapping[str, str] | None = None,
     ) -> Any:
-        url = self.settings.url(zone) + path
+        url = self._url(zone) + path
         if query:
             url = str(URL(url).with_query(query))
         return await self.api.request_json(method, url, json_body=body, sign=self._sign)
@@ -201,7 +234,7 @@ class ExoscaleClient:
         return Quota.from_api(await self._call("GET", zone, f"/quota/{entity}"), entity)
 
     async def list_zones(self) -> list[Zone]:
-        data = await self._call("GET", DEFAULT_ZONE, "/zone")
+        data = await self._call("GET", None, "/zone")
         items = data.get("zones") if isinstance(data, dict) else None
         if not isinstance(items, list):
             raise BadResponse("exoscale: list-zones did not return a zones list")

@@ -126,3 +126,20 @@ async def test_no_secret_or_presigned_url_in_logs(client, simulator, snapshot_id
     signature = snapshot.export.presigned_url.split("?", 1)[1]
     for secret in (simulator.secret, signature, "signature="):
         assert secret not in caplog.text  # ...without credentials
+
+
+async def test_an_endpoint_without_zone_serves_one_zone_and_says_so(simulator, caplog):
+    # The simulator's de-fra-1 endpoint, fixed: before, ch-gva-2's calls went there silently
+    # and got de-fra-1's answers.
+    snapshot_id = str(uuid.uuid4())
+    simulator.add_snapshot(snapshot_id, MiB, zone=ZONE)
+    fixed = simulator.settings().endpoint.replace("{zone}", ZONE)
+    settings = ExoscaleSettings(simulator.key, simulator.secret, fixed)
+    with caplog.at_level(logging.WARNING, logger="worker.exoscale"):
+        client = ExoscaleClient(settings, retry=FAST)
+    assert "EXOSCALE_API_ENDPOINT has no {zone}" in caplog.text
+    async with client:
+        assert [s.id for s in await client.list_snapshots(ZONE)] == [snapshot_id]
+        with pytest.raises(errors.ConfigError, match=r"serves de-fra-1: refusing .* ch-gva-2"):
+            await client.list_snapshots("ch-gva-2")
+        assert [s.id for s in await client.list_snapshots(ZONE)] == [snapshot_id]

@@ -77,3 +77,14 @@ def test_regions_are_exoscale_zones() -> None:
     assert api.regions("ch-xyz-9") == ["ch-xyz-9"]  # a zone newer than our list: the API's call
     with pytest.raises(NotARegion, match="exoscale: 'NORD-NO-KRS-1' is not an Exoscale zone"):
         api.regions("NORD-NO-KRS-1")
+
+
+async def test_an_endpoint_without_zone_lists_one_zone_only(simulator: Simulator) -> None:
+    simulator.add_snapshot(ID_A, MiB, zone="at-vie-1")
+    fixed = simulator.settings().endpoint.replace("{zone}", "at-vie-1")
+    settings = ExoscaleSettings(simulator.key, simulator.secret, fixed)
+    async with Exoscale(settings, retry=FAST) as api:
+        # Every zone's listing would be at-vie-1's, eight times over.
+        with pytest.raises(errors.ConfigError, match=r"has no \{zone\}.*pass --region ZONE"):
+            api.regions(None)
+        assert [r.id for r in await api.list_snapshots("at-vie-1")] == [ID_A]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
+from worker.errors import ConfigError
 from worker.exoscale import ExoscaleClient
 from worker.fields import Fields
 from worker.models import Snapshot
@@ -79,6 +80,11 @@ class Exoscale(Provider):
 
     def regions(self, asked: str | None) -> Sequence[str]:
         if asked is None:
+            if not self.client.settings.zoned and len(self.zones) > 1:
+                raise ConfigError(
+                    "exoscale: EXOSCALE_API_ENDPOINT has no {zone}, so it serves one zone: "
+                    "pass --region ZONE, or put {zone} in it"
+                )
             return self.zones
         if not ZONE_NAME.fullmatch(asked):
             # Any zone of the right shape: a new zone is listed, an unknown one is the API's 404.

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.fakes.genesiscloud import FakeGenesisCloud
 from tests.fakes.instavm import FakeInstaVM
 from tests.fixtures.manifests import put_manifest
@@ -103,6 +105,52 @@ def test_region_a_named_provider_cannot_have_is_a_usage_error(
     status, out, err = run(["--provider", "exoscale", "--zone", "NORD-NO-KRS-1"], env)
     assert (status, out) == (2, "")
     assert err.startswith("snaparchive: error: exoscale: 'NORD-NO-KRS-1' is not an Exoscale zone")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"GCORE_API_KEY": "k", "GCORE_PROJECT_ID": "abc"},
+            "gcore: GCORE_PROJECT_ID must be a number, not 'abc'",
+        ),
+        (
+            {"GCORE_API_KEY": "k", "GCORE_PROJECT_ID": "1", "GCORE_REGION_ID": "lux"},
+            "gcore: GCORE_REGION_ID must be a number, not 'lux'",
+        ),
+        (
+            {"GCORE_API_KEY": "k", "GCORE_PROJECT_ID": "1", "GCORE_API_ENDPOINT": "api.gcore"},
+            "gcore: GCORE_API_ENDPOINT: not an http(s) URL: 'api.gcore'",
+        ),
+        ({"GENESISCLOUD_API_ENDPOINT": "ftp://x"}, "genesiscloud: GENESISCLOUD_API_ENDPOINT"),
+        ({"INSTAVM_API_ENDPOINT": "https://:1/"}, "instavm: INSTAVM_API_ENDPOINT"),
+    ],
+)
+def test_malformed_provider_variables_exit_2_naming_them(
+    genesis_api: FakeGenesisCloud, instavm_api: FakeInstaVM, extra, message
+) -> None:
+    instavm_api.add()
+    status, out, err = run(["--json"], {**env_for(genesis_api, instavm_api), **extra})
+    assert (status, out) == (2, "")
+    assert err.startswith(f"snaparchive: configuration error: {message}")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("provider", "credential"),
+    [("gcore", "GCORE_API_KEY"), ("exoscale", "EXOSCALE_API_KEY")],
+)
+def test_a_provider_asked_for_without_its_credential_exits_2(
+    genesis_api: FakeGenesisCloud, instavm_api: FakeInstaVM, provider, credential
+) -> None:
+    # Not a silent skip: the operator asked for it.
+    argv = ["--provider", "instavm", provider]
+    status, out, err = run(argv, env_for(genesis_api, instavm_api))
+    assert (status, out) == (2, "")
+    assert err == (
+        f"snaparchive: configuration error: {provider}: asked for with --provider, "
+        f"but {credential} is not set\n"
+    )
 
 
 def test_console_script(genesis_api: FakeGenesisCloud, instavm_api: FakeInstaVM) -> None:

@@ -8,6 +8,7 @@ from tests.fakes.gcore import FakeGcore
 from tests.fakes.genesiscloud import FakeGenesisCloud
 from tests.fakes.instavm import FakeInstaVM
 from tests.fixtures.manifests import put_manifest, put_object
+from worker.errors import ConfigError
 from worker.providers.inventory import UsageError, collect
 from worker.retry import RetryPolicy
 from worker.settings import EXOSCALE_ZONES
@@ -125,12 +126,11 @@ async def test_one_failing_zone_hides_no_other_zone(simulator: Simulator) -> Non
     assert all("HTTP 502" in f.message for f in inventory.failures)
 
 
-async def test_misconfigured_provider_and_unreachable_bucket_are_failures(
+async def test_unreachable_bucket_is_a_failure(
     genesis_api: FakeGenesisCloud, instavm_api: FakeInstaVM, moto_endpoint: str
 ) -> None:
     instavm_api.add()
     env = {
-        "GCORE_API_KEY": "k",
         "INSTAVM_API_KEY": instavm_api.api_key,
         "INSTAVM_API_ENDPOINT": instavm_api.url,
         "SNAPARCHIVE_S3_ENDPOINT": moto_endpoint,
@@ -140,9 +140,20 @@ async def test_misconfigured_provider_and_unreachable_bucket_are_failures(
     assert [r.provider for r in inventory.records] == ["instavm"]
     assert inventory.archived is None
     messages = sorted(f.message for f in inventory.failures)
+    assert len(messages) == 1
     assert messages[0].startswith("archive: S3 ListObjectsV2 failed: HTTP 404 NoSuchBucket")
-    assert messages[1] == "gcore: GCORE_PROJECT_ID is not set"
     assert "genesiscloud: skipped, GENESISCLOUD_TOKEN is not set" in inventory.notes
+
+
+async def test_misconfigured_provider_is_a_configuration_error(instavm_api: FakeInstaVM) -> None:
+    # A configuration error, not a provider that failed to answer: nothing is listed.
+    env = {
+        "GCORE_API_KEY": "k",
+        "INSTAVM_API_KEY": instavm_api.api_key,
+        "INSTAVM_API_ENDPOINT": instavm_api.url,
+    }
+    with pytest.raises(ConfigError, match=r"^gcore: GCORE_PROJECT_ID is not set$"):
+        await collect(env, retry=FAST)
 
 
 async def test_region_a_provider_cannot_have(

@@ -13,12 +13,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from worker.errors import ConfigError
 from worker.retry import RetryPolicy
 
 #: The common statuses: usable, being made, being exported, going away, broken, anything else.
 STATUSES = ("ready", "creating", "exporting", "deleting", "error", "other")
+
+
+def endpoint_from_env(env: Mapping[str, str], name: str, default: str) -> str:
+    """Return the API endpoint in variable ``name`` (``default`` when unset), without a
+    trailing slash.
+
+    Raises:
+      ConfigError: It is not an ``http://`` or ``https://`` URL with a host, naming ``name``.
+    """
+    value = (env.get(name) or default).rstrip("/")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError on a malformed port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}: not an http(s) URL: {value!r}")
+    return value
 
 
 class NotARegion(ConfigError):

@@ -2,7 +2,8 @@
 
 Exit status: 0 when every provider asked answered (skipped ones are notes on stderr),
 1 when one failed (its error on stderr; the others' snapshots are still printed),
-2 for usage errors.
+2 for usage and configuration errors (a malformed variable, a provider asked for by name
+without its credential).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Mapping
 from typing import TextIO
 
+from worker.errors import ConfigError
 from worker.providers.inventory import PROVIDERS, Inventory, UsageError, collect
 from worker.units import format_size
 
@@ -62,6 +64,9 @@ def run(
         inventory = asyncio.run(collect(env, providers=providers, region=args.region))
     except UsageError as exc:
         print(f"snaparchive: error: {exc}", file=err)
+        return 2
+    except ConfigError as exc:
+        print(f"snaparchive: configuration error: {exc}", file=err)
         return 2
     if args.json:
         records = [r.to_json(inventory.is_archived(r)) for r in inventory.records]

@@ -15,7 +15,13 @@ from typing import Any
 from worker.errors import ConfigError
 from worker.fields import Fields, items_of
 from worker.http import JsonApi
-from worker.providers.base import NotARegion, Provider, SnapshotRecord, normalise_status
+from worker.providers.base import (
+    NotARegion,
+    Provider,
+    SnapshotRecord,
+    endpoint_from_env,
+    normalise_status,
+)
 from worker.retry import RetryPolicy
 from worker.units import GiB
 
@@ -61,7 +67,7 @@ class GcoreSettings:
             api_key=env.get("GCORE_API_KEY", ""),
             project_id=int(project) if project else None,
             region_id=int(region) if region else None,
-            endpoint=(env.get("GCORE_API_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            endpoint=endpoint_from_env(env, "GCORE_API_ENDPOINT", DEFAULT_ENDPOINT),
         )
 
 

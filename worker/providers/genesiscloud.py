@@ -13,7 +13,7 @@ from typing import Any
 from worker.errors import ConfigError
 from worker.fields import Fields, items_of
 from worker.http import JsonApi
-from worker.providers.base import Provider, SnapshotRecord, normalise_status
+from worker.providers.base import Provider, SnapshotRecord, endpoint_from_env, normalise_status
 from worker.retry import RetryPolicy
 from worker.units import GiB
 
@@ -42,7 +42,7 @@ class GenesisCloudSettings:
     def from_env(cls, env: Mapping[str, str]) -> GenesisCloudSettings:
         return cls(
             token=env.get("GENESISCLOUD_TOKEN", ""),
-            endpoint=(env.get("GENESISCLOUD_API_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            endpoint=endpoint_from_env(env, "GENESISCLOUD_API_ENDPOINT", DEFAULT_ENDPOINT),
         )
 
 

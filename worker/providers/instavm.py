@@ -14,7 +14,7 @@ from typing import Any, Literal
 from worker.errors import ConfigError
 from worker.fields import Fields, items_of
 from worker.http import JsonApi
-from worker.providers.base import Provider, SnapshotRecord, normalise_status
+from worker.providers.base import Provider, SnapshotRecord, endpoint_from_env, normalise_status
 from worker.retry import RetryPolicy
 
 DEFAULT_ENDPOINT = "https://api.instavm.io"
@@ -47,7 +47,7 @@ class InstaVMSettings:
     def from_env(cls, env: Mapping[str, str]) -> InstaVMSettings:
         return cls(
             api_key=env.get("INSTAVM_API_KEY", ""),
-            endpoint=(env.get("INSTAVM_API_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+            endpoint=endpoint_from_env(env, "INSTAVM_API_ENDPOINT", DEFAULT_ENDPOINT),
         )
 
 

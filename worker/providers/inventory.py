@@ -1,8 +1,10 @@
 """One inventory across every configured cloud, with archive coverage.
 
 :func:`collect` asks every provider (each Exoscale zone on its own) at once. A provider
-without its credential variable is skipped with a note; a provider that fails becomes a
-:class:`Failure` while the others' records are kept; the archive manifests say which
+without its credential variable is skipped with a note (an error when asked for by name);
+one whose variables are malformed stops the inventory with a :class:`ConfigError` naming
+the variable; a provider that fails to answer becomes a :class:`Failure` while the others'
+records are kept; the archive manifests say which
 records are archived, or coverage is unknown (``None``) with a note saying why. A
 manifest counts only when it reads back valid; invalid ones are a note.
 """
@@ -95,6 +97,8 @@ async def collect(
 
     Raises:
       UsageError: ``region`` cannot be a region of a provider named in ``providers``.
+      ConfigError: A configured provider's variables are malformed or incomplete, or one
+        named in ``providers`` has no credential.
       KeyError: A name in ``providers`` is not in :data:`PROVIDERS`.
     """
     inventory = Inventory()
@@ -125,27 +129,37 @@ async def _open(
     retry: RetryPolicy | None,
     inventory: Inventory,
 ) -> Provider | None:
-    """Return the adapter of ``cls``, or ``None`` after noting why it is skipped or failed."""
+    """Return the adapter of ``cls``, or ``None`` after noting why it is skipped.
+
+    Raises:
+      ConfigError: Its variables are malformed or incomplete (naming the variable), or it
+        was asked for by name (``named``) without its credential: a configuration error, not
+        a provider that failed to answer.
+      UsageError: It was asked for by name and cannot have ``region``.
+    """
     if not env.get(cls.credential):
+        if named:
+            raise ConfigError(
+                f"{cls.name}: asked for with --provider, but {cls.credential} is not set"
+            )
         inventory.notes.append(f"{cls.name}: skipped, {cls.credential} is not set")
         return None
     try:
         adapter = cls.from_env(env, retry=retry)
     except ConfigError as exc:
-        inventory.failures.append(Failure(cls.name, _named(cls.name, exc)))
-        return None
+        raise ConfigError(_named(cls.name, exc)) from None
     try:
         adapter.regions(region)
     except NotARegion as exc:
+        await adapter.close()
         if named:
             raise UsageError(str(exc)) from None
         inventory.notes.append(f"{exc}; skipped")
+        return None
     except ConfigError as exc:
-        inventory.failures.append(Failure(cls.name, _named(cls.name, exc)))
-    else:
-        return adapter
-    await adapter.close()
-    return None
+        await adapter.close()
+        raise ConfigError(_named(cls.name, exc)) from None
+    return adapter
 
 
 async def _list(

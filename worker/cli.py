@@ -76,6 +76,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
+    # -v after the subcommand too (snaparchive status -v); SUPPRESS keeps one given before it.
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+    )
     module = importlib.import_module(module_name)
     module.add_arguments(parser)
     parser.set_defaults(run=module.run)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import uuid
@@ -184,3 +185,76 @@ def _line(output: str, snapshot_id: str) -> str:
     lines = [line for line in output.splitlines() if snapshot_id in line]
     assert len(lines) == 1, output
     return lines[0]
+
+
+def test_cancel_json(env):
+    unknown_id = str(uuid.uuid4())
+    unknown = cli(env, "cancel", unknown_id, "--json")
+    assert unknown.returncode == 1
+    body = json.loads(unknown.stdout)
+    assert (body["snapshot_id"], body["status"]) == (unknown_id, None)
+    assert body["error"] == f"no job for snapshot {unknown_id}"
+    assert unknown.stderr == f"snaparchive: error: no job for snapshot {unknown_id}\n"
+
+    # A queued job (no worker runs): the command takes the free lease and cancels it itself.
+    queued_id = str(uuid.uuid4())
+    assert cli(env, "archive", queued_id, "--zone", ZONE).returncode == 0
+    cancelled = cli(env, "cancel", queued_id, "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    body = json.loads(cancelled.stdout)
+    assert body["job"] == f"{ZONE}/{queued_id}"
+    assert (body["zone"], body["status"]) == (ZONE, "cancelled")
+    assert body["note"] == "cancelled; its multipart uploads are aborted"
+    again = cli(env, "cancel", queued_id, "--zone", ZONE, "--json")
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["note"] == "nothing to cancel, the job is cancelled"
+
+
+def test_gc_json(env, s3, s3_bucket):
+    abandoned_id = str(uuid.uuid4())
+    key = f"snaparchive/exoscale/{ZONE}/{abandoned_id}/image"
+    abandoned = _open_upload(s3, s3_bucket, key)
+    running_id = str(uuid.uuid4())
+    assert cli(env, "archive", running_id, "--zone", ZONE).returncode == 0
+    running = _open_upload(s3, s3_bucket, f"snaparchive/exoscale/{ZONE}/{running_id}/image")
+
+    dry = cli(env, "gc", "--dry-run", "--older-than", "0", "--json")
+    assert dry.returncode == 0, dry.stderr
+    body = json.loads(dry.stdout)
+    assert (body["job_store"], body["dry_run"], body["open"], body["aborted"]) == (
+        True,
+        True,
+        2,
+        0,
+    )
+    rows = {row["upload_id"]: row for row in body["uploads"]}
+    assert (rows[abandoned]["key"], rows[abandoned]["action"]) == (key, "would_abort")
+    assert (rows[running]["action"], rows[running]["reason"]) == ("kept", "job_running")
+    assert rows[abandoned]["initiated"] and rows[abandoned]["age_seconds"] > 0
+
+    swept = json.loads(cli(env, "gc", "--older-than", "0", "--json").stdout)
+    assert swept["aborted"] == 1
+    assert _open_ids(s3, s3_bucket) == {running}
+
+
+def test_gc_without_a_job_store_goes_by_the_bucket_alone(env, s3, s3_bucket):
+    # An archive --local laptop: no Redis at all (a closed port).
+    laptop = {**env, "SNAPARCHIVE_REDIS_URL": "redis://127.0.0.1:1/0"}
+    laptop["SNAPARCHIVE_BROKER_URL"] = laptop["SNAPARCHIVE_REDIS_URL"]
+    abandoned_id = str(uuid.uuid4())
+    abandoned = _open_upload(s3, s3_bucket, f"snaparchive/exoscale/{ZONE}/{abandoned_id}/image")
+
+    # moto's uploads all started in 2010: ~23 years keeps them, as the age guard keeps a
+    # running --local transfer's upload.
+    kept = cli(laptop, "gc", "--older-than", "200000")
+    assert kept.returncode == 0, kept.stderr
+    assert "does not answer; going by the bucket alone" in kept.stderr
+    assert kept.stderr.count("\n") == 1 and "Traceback" not in kept.stderr
+    assert "kept: too recent" in _line(kept.stdout, abandoned_id)
+    assert _open_ids(s3, s3_bucket) == {abandoned}
+
+    swept = cli(laptop, "gc", "--older-than", "1", "--json")
+    assert swept.returncode == 0, swept.stderr
+    body = json.loads(swept.stdout)
+    assert (body["job_store"], body["aborted"]) == (False, 1)
+    assert _open_ids(s3, s3_bucket) == set()

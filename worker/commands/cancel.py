@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
+from typing import Any
 
 from worker import argtypes as types
 from worker.archive import ArchiveStore
+from worker.commands.follow import outcome_json
 from worker.jobstore import RedisJobStore, Step, find_jobs
 from worker.settings import load
 
@@ -22,13 +25,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--zone", type=types.zone, help="the snapshot's zone (default: the zone of its job)"
     )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_cancel(args.zone, args.snapshot_id))
+    return asyncio.run(_cancel(args.zone, args.snapshot_id, args.json))
 
 
-async def _cancel(zone: str | None, snapshot_id: str) -> int:
+def _outcome(
+    as_json: bool, body: dict[str, Any], *, note: str = "", error: str = "", status: int
+) -> int:
+    """Say how the cancel ended: ``note`` on stdout or ``error`` on stderr (one line), and with
+    ``as_json`` the job's ``body`` (plus them) as one JSON object on stdout."""
+    if as_json:
+        extra = {"note": note} if note else {}
+        if error:
+            extra["error"] = error
+        print(json.dumps({**body, **extra}, indent=2))
+    elif note:
+        print(f"{body['zone']}/{body['snapshot_id']}: {note}")
+    if error:
+        print(f"snaparchive: error: {error}", file=sys.stderr)
+    return status
+
+
+async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> int:
     from jobs.steps import finish_cancelled
 
     settings = load()
@@ -39,20 +60,21 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
         record = jobs[0] if jobs else None
         if record is None:
             where = f"{zone}/{snapshot_id}" if zone else f"snapshot {snapshot_id}"
-            print(f"snaparchive: error: no job for {where}", file=sys.stderr)
-            return 1
+            body = {"zone": zone, "snapshot_id": snapshot_id, "status": None}
+            return _outcome(as_json, body, error=f"no job for {where}", status=1)
         zone = record.zone
         if record.step == Step.UNREADABLE:
             # No step works on it any more; what it left open is gc's (once no lease holds it).
-            print(f"snaparchive: error: {zone}/{snapshot_id}: {record.error}", file=sys.stderr)
-            return 1
+            error = f"{zone}/{snapshot_id}: {record.error}"
+            return _outcome(as_json, outcome_json(record), error=error, status=1)
         if not record.active:
-            print(f"{zone}/{snapshot_id}: nothing to cancel, the job is {record.step}")
-            return 0 if record.step == Step.CANCELLED else 1
+            note = f"nothing to cancel, the job is {record.step}"
+            status = 0 if record.step == Step.CANCELLED else 1
+            return _outcome(as_json, outcome_json(record), note=note, status=status)
         # The flag first: a step running right now sees it at its next look.
         if not await store.update(zone, snapshot_id, cancel_requested=True):
-            print(f"snaparchive: error: the job of {zone}/{snapshot_id} is gone", file=sys.stderr)
-            return 1
+            error = f"the job of {zone}/{snapshot_id} is gone"
+            return _outcome(as_json, outcome_json(record), error=error, status=1)
         patience = max(ACK_TIMEOUT, settings.lease_ttl + 10)
         deadline = time.monotonic() + patience
         while record is not None and record.active and time.monotonic() < deadline:
@@ -66,13 +88,13 @@ async def _cancel(zone: str | None, snapshot_id: str) -> int:
             record = await store.get(zone, snapshot_id)
         record = await store.get(zone, snapshot_id)
         if record is not None and record.step == Step.CANCELLED:
-            print(f"{zone}/{snapshot_id}: cancelled; its multipart uploads are aborted")
-            return 0
-        print(
-            f"snaparchive: error: {zone}/{snapshot_id} did not stop within {patience:.0f}s "
-            f"(it is {record.step if record else 'gone'})",
-            file=sys.stderr,
+            note = "cancelled; its multipart uploads are aborted"
+            return _outcome(as_json, outcome_json(record), note=note, status=0)
+        error = (
+            f"{zone}/{snapshot_id} did not stop within {patience:.0f}s "
+            f"(it is {record.step if record else 'gone'})"
         )
-        return 1
+        body = outcome_json(record) if record else {"zone": zone, "snapshot_id": snapshot_id}
+        return _outcome(as_json, body, error=error, status=1)
     finally:
         await store.close()

@@ -253,8 +253,20 @@ def test_gc_without_a_job_store_goes_by_the_bucket_alone(env, s3, s3_bucket):
     assert "kept: too recent" in _line(kept.stdout, abandoned_id)
     assert _open_ids(s3, s3_bucket) == {abandoned}
 
+    # An image object a --local run just completed, its manifest not written yet.
+    committing_id = str(uuid.uuid4())
+    image = f"snaparchive/exoscale/{ZONE}/{committing_id}/image"
+    s3.put_object(Bucket=s3_bucket, Key=image, Body=b"x")
+
     swept = cli(laptop, "gc", "--older-than", "1", "--json")
     assert swept.returncode == 0, swept.stderr
     body = json.loads(swept.stdout)
     assert (body["job_store"], body["aborted"]) == (False, 1)
+    assert body["orphans"] == []  # younger than the guard: kept
     assert _open_ids(s3, s3_bucket) == set()
+
+    dry = json.loads(cli(laptop, "gc", "--older-than", "0", "--dry-run", "--json").stdout)
+    assert dry["orphans"] == [
+        {"folder": image.removesuffix("image"), "keys": [image], "action": "would_delete"}
+    ]
+    assert s3.head_object(Bucket=s3_bucket, Key=image)

@@ -52,6 +52,22 @@ ensure_redis() {
   wait_port 6379 redis
 }
 
+ensure_compose() {
+  # `docker compose config` (v2) or Debian's `docker-compose config` checks the compose files
+  # without a Docker daemon (tests/unit/test_compose.py); the daemon is not installed.
+  { command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; } && return 0
+  command -v docker-compose >/dev/null 2>&1 && return 0
+  log "installing docker compose from Debian's packages"
+  $SUDO apt-get update -qq
+  local pkg
+  for pkg in docker-compose-v2 docker-compose-plugin docker-compose; do
+    apt-cache show "$pkg" >/dev/null 2>&1 || continue
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$pkg" \
+      >/dev/null && return 0
+  done
+  log "no docker compose package found"; return 1
+}
+
 ensure_rabbitmq() {
   port_open 5672 && return 0
   apt_install rabbitmq-server rabbitmq-server
@@ -70,6 +86,8 @@ case "${1:-}" in
     ensure_redis
     ensure_rabbitmq
     apt_install redis-server redis-server  # tests start their own redis-server to restart it
+    # CI (.ci/run) checks the compose files too; elsewhere those tests skip without Compose.
+    [ "${SNAPARCHIVE_COMPOSE_CHECK:-}" != required ] || ensure_compose
     .venv/bin/ruff check worker jobs tests bench
     .venv/bin/mypy  # files and strictness: [tool.mypy] in pyproject.toml
     exec .venv/bin/pytest -q "${@:2}"

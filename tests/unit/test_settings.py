@@ -161,3 +161,14 @@ def test_the_s3_region_defaults_to_boto3s_chain(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     monkeypatch.setenv("AWS_PROFILE", "archive")
     assert s3_client(load({}).s3).meta.region_name == "ap-south-2"
+
+
+def test_aws_endpoint_url_s3_is_used_without_snaparchive_s3_endpoint(monkeypatch) -> None:
+    from worker.s3client import s3_client
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio.internal:9000")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    assert s3_client(load({}).s3).meta.endpoint_url == "http://minio.internal:9000"
+    ours = load({"SNAPARCHIVE_S3_ENDPOINT": "https://sos-ch-gva-2.exo.io"}).s3
+    assert s3_client(ours).meta.endpoint_url == "https://sos-ch-gva-2.exo.io"  # ours wins

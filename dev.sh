@@ -70,6 +70,7 @@ case "${1:-}" in
     ensure_redis
     ensure_rabbitmq
     apt_install redis-server redis-server  # tests start their own redis-server to restart it
+    apt_install qemu-img qemu-utils  # the reference for qcow2 images and their raw conversion
     .venv/bin/ruff check worker jobs tests bench
     .venv/bin/mypy  # files and strictness: [tool.mypy] in pyproject.toml
     exec .venv/bin/pytest -q "${@:2}"

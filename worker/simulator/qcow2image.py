@@ -14,10 +14,10 @@ What the disk holds: ``data_size`` bytes are written as runs of about 1 MiB of g
 at places chosen by the seed (the first and the last run of the disk always among them, so
 the image reaches its virtual end, where the last cluster holds data). Within a run each
 cluster is, by one of a few patterns, random data (about half), compressible text, a zero
-cluster (``QCOW_OFLAG_ZERO``, no host cluster) or unallocated; with ``compressed`` the text clusters are stored deflated (as
-``qemu-img convert -c`` stores them). Everything else reads as zeros. Metadata is computed
-from a few arrays per run, so any byte range costs a hash per cluster, and a cache of the
-last metadata clusters keeps sequential reads cheap.
+cluster (``QCOW_OFLAG_ZERO``, no host cluster) or unallocated; with ``compressed`` the text
+clusters are stored deflated (as ``qemu-img convert -c`` stores them). Everything else reads
+as zeros. Metadata is computed from a few arrays per run, so any byte range costs a hash per
+cluster, and a cache of the last metadata clusters keeps sequential reads cheap.
 """
 
 from __future__ import annotations

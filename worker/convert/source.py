@@ -150,6 +150,16 @@ class ConversionStream:
         return self.producer.state_at(offset)
 
 
+def conversion_scope(store: ArchiveStore, archive: ArchiveId) -> Scope:
+    """Where a conversion's upload and object are (``image.raw.zst``) and what commits it."""
+    key = raw_image_key(store, archive)
+    return Scope(
+        uploads=key,
+        manifest=raw_manifest_key(store, archive),
+        objects=lambda found: found == key,
+    )
+
+
 class ConversionSource:
     """An archived qcow2 image converted to ``image.raw.zst`` beside it (a
     :class:`~worker.transfer.source.TransferSource`).
@@ -188,12 +198,7 @@ class ConversionSource:
         return self.manifest.md5
 
     def scope(self, store: ArchiveStore) -> Scope:
-        key = raw_image_key(store, self.archive)
-        return Scope(
-            uploads=key,
-            manifest=raw_manifest_key(store, self.archive),
-            objects=lambda found: found == key,
-        )
+        return conversion_scope(store, self.archive)
 
     def plan(self, total: int, settings: TransferSettings) -> PartPlan:
         """One object (a URL names one): parts of the configured size, larger where 10,000

@@ -199,3 +199,26 @@ async def test_a_worker_runs_the_restore_steps(
     result = json.loads(done.stdout)
     assert result["status"] == "created"
     assert result["raw_md5"] == hashlib.md5(expected).hexdigest()
+
+
+def test_gc_keeps_the_conversion_upload_of_a_running_restore(env, moto_endpoint, s3_bucket):
+    import redis
+
+    snapshot_id = str(uuid.uuid4())
+    key = f"snaparchive/exoscale/{ZONE}/{snapshot_id}/{RAW_IMAGE_NAME}"
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    upload = s3.create_multipart_upload(Bucket=s3_bucket, Key=key)["UploadId"]
+    lease = f"{env['SNAPARCHIVE_QUEUE']}:genesis:lease:{ZONE}:{snapshot_id}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.set(lease, "a-restore", px=60_000)
+        kept = cli(env, "gc", "--older-than", "0")
+        assert kept.returncode == 0, kept.stderr
+        assert "kept: leased by a restore" in kept.stdout
+        client.delete(lease)
+        swept = cli(env, "gc", "--older-than", "0")
+        assert "aborted" in swept.stdout
+    finally:
+        client.close()
+    uploads = s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert upload not in [u["UploadId"] for u in uploads]

@@ -2,7 +2,8 @@
 
 Incomplete uploads are invisible but their parts are billed. An upload is abandoned when
 no active job of the job store owns its snapshot, nobody holds the transfer lease of its
-archive (whatever the upload's age: a transfer is running), and it is older than
+archive (whatever the upload's age: a transfer is running), no restore job converting the
+archive is active or leased (the restore job store, :mod:`jobs.genesis_steps`), and it is older than
 ``--older-than`` hours: a guard for transfers the job store does not know, like
 ``archive --local`` runs that could not reach Redis. ``0`` drops the guard, for when no
 such run can be going on.
@@ -40,8 +41,11 @@ async def _gc(min_age: float, dry_run: bool) -> int:
     settings.s3.require_bucket()
     archive = ArchiveStore(settings.s3)
     store = RedisJobStore.for_settings(settings)
+    # Restores convert archives beside them (image.raw.zst): their jobs and leases count too.
+    restores = RedisJobStore(settings.redis_url, namespace=f"{settings.queue}:genesis")
     try:
         active = {(r.zone, r.snapshot_id) for r in await store.list(limit=100_000) if r.active}
+        active |= {(r.zone, r.snapshot_id) for r in await restores.list(100_000) if r.active}
         uploads = await archive.list_open_uploads()
         now = datetime.now(UTC)
         aborted = 0
@@ -54,6 +58,8 @@ async def _gc(min_age: float, dry_run: bool) -> int:
                 action = "kept: its job is running"
             elif owner is not None and await store.lease_left(*owner) > 0:
                 action = "kept: leased by a transfer"
+            elif owner is not None and await restores.lease_left(*owner) > 0:
+                action = "kept: leased by a restore"
             elif min_age and age is not None and age < min_age:
                 action = "kept: too recent"
             elif dry_run:
@@ -68,4 +74,5 @@ async def _gc(min_age: float, dry_run: bool) -> int:
         return 0
     finally:
         await store.close()
+        await restores.close()
         await archive.close()

@@ -23,6 +23,7 @@ conversion starts over.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from worker.errors import TransferError
-from worker.md5state import new_md5
+from worker.md5state import Md5, new_md5
 from worker.qcow2.reader import COMPRESSED, DATA, ZERO, Extent, Qcow2Reader
 
 #: Raw bytes per zstd frame: the most a resume makes again.
@@ -46,6 +47,10 @@ READERS = 4
 GROUP_BYTES = 4 << 20
 #: zstd level (zstd's default; ``zstd -3``).
 LEVEL = 3
+#: Raw chunks queued for the hashing thread (each at most 8 MiB).
+HASH_QUEUE = 4
+#: Seconds a resume state waits for the raw MD5 state of its frame start.
+MD5_WAIT = 300.0
 _ZEROS = memoryview(bytes(8 << 20))
 
 
@@ -137,12 +142,15 @@ class RawZstdProducer:
 
     def state_at(self, offset: int) -> dict[str, Any] | None:
         """The resume state recorded at compressed ``offset`` (a part boundary or the end);
-        older ones are dropped."""
+        older ones are dropped. (The raw MD5 state of its frame start may still be on its way
+        from the hashing thread, a few chunks behind: it is waited for.)"""
         with self._lock:
             state = self._states.get(offset)
             for passed in [k for k in self._states if k < offset]:
                 del self._states[passed]
-            return state
+        if state is not None and isinstance(state.get("raw_md5"), Future):
+            state = {**state, "raw_md5": state["raw_md5"].result(timeout=MD5_WAIT)}
+        return state
 
     def _record(self, offset: int, state: dict[str, Any]) -> None:
         with self._lock:
@@ -161,7 +169,7 @@ class RawZstdProducer:
         """
         resume = self.resume
         raw = resume.raw if resume else 0
-        md5 = new_md5(resume.raw_md5 if resume else None)
+        md5 = _Hashing(new_md5(resume.raw_md5 if resume else None))
         self._zst = resume.zst if resume else 0
         self._skip_to = resume.offset if resume else 0
         self._checked = resume is None
@@ -171,7 +179,7 @@ class RawZstdProducer:
             cast(IO[bytes], counter), write_size=1 << 20, closefd=False
         )
         frame: Any = None
-        with ThreadPoolExecutor(READERS, thread_name_prefix="qcow2-read") as pool:
+        with md5, ThreadPoolExecutor(READERS, thread_name_prefix="qcow2-read") as pool:
             for chunk in self._raw(raw, pool):
                 if self.stop.is_set():
                     return
@@ -187,6 +195,7 @@ class RawZstdProducer:
                     if raw % FRAME_SIZE == 0 or raw == self.raw_size:
                         self._out(frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
                         frame = None
+            digest = md5.hexdigest()
         self._check.flush()
         if not self._checked and self._zst == self._skip_to:
             self._check_resumed()
@@ -199,10 +208,10 @@ class RawZstdProducer:
             raise CannotResume("the conversion ended before its checkpoint")
         self._record(
             self._zst,
-            {"end": True, "offset": self._zst, "raw_size": raw, "raw_md5": md5.hexdigest()},
+            {"end": True, "offset": self._zst, "raw_size": raw, "raw_md5": digest},
         )
 
-    def _start_frame(self, raw: int, md5: Any) -> Any:
+    def _start_frame(self, raw: int, md5: _Hashing) -> Any:
         self._frame = {"raw": raw, "zst": self._zst, "raw_md5": md5.export()}
         self._frame_md5 = hashlib.md5()
         return self.compressor.compressobj()
@@ -327,3 +336,62 @@ class _Counter:
     def write(self, data: bytes) -> int:
         self.count += len(data)
         return len(data)
+
+
+class _Hashing:
+    """The raw MD5, computed by a thread of its own beside the compression (hashlib and
+    libcrypto release the GIL), at most :data:`HASH_QUEUE` chunks behind. A context manager:
+    the thread ends with the block."""
+
+    def __init__(self, md5: Md5) -> None:
+        self.md5 = md5
+        self._queue: queue.Queue[object] = queue.Queue(HASH_QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="raw-md5", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> _Hashing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if isinstance(item, _Ask):
+                    item.set_result(self.md5.export() if item.exported else self.md5.hexdigest())
+                elif self._error is None:
+                    self.md5.update(cast(memoryview, item))
+            except BaseException as error:  # told at the next export or digest
+                self._error = error
+                if isinstance(item, _Ask) and not item.done():
+                    item.set_exception(error)
+
+    def update(self, data: memoryview) -> None:
+        self._queue.put(data)
+
+    def _ask(self, exported: bool) -> Future[Any]:
+        future = _Ask(exported)
+        self._queue.put(future)
+        return future
+
+    def export(self) -> Future[str | None]:
+        """The state once every byte given so far is hashed (a future)."""
+        return self._ask(True)
+
+    def hexdigest(self) -> str:
+        """The digest of every byte given (waits for them)."""
+        digest = self._ask(False).result()
+        if self._error is not None:
+            raise self._error
+        return str(digest)
+
+
+class _Ask(Future[Any]):
+    """A question to the hashing thread: the state (``exported``) or the digest."""
+
+    def __init__(self, exported: bool) -> None:
+        super().__init__()
+        self.exported = exported

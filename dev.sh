@@ -79,7 +79,8 @@ case "${1:-}" in
     setup_python
     # The peers and tools the benchmark compares with; one that cannot be installed is
     # skipped by the benchmark with a note.
-    for spec in curl:curl openssl:openssl /usr/bin/time:time rclone:rclone aws:awscli; do
+    for spec in curl:curl openssl:openssl /usr/bin/time:time rclone:rclone aws:awscli \
+        qemu-img:qemu-utils zstd:zstd; do
       apt_install "${spec%%:*}" "${spec#*:}" || log "${spec#*:} unavailable; the benchmark skips what needs it"
     done
     exec .venv/bin/python -m bench.run "${@:2}"

@@ -35,7 +35,7 @@ import zstandard
 
 from worker.errors import TransferError
 from worker.md5state import Md5, new_md5
-from worker.qcow2.reader import COMPRESSED, DATA, ZERO, Extent, Qcow2Reader
+from worker.qcow2.reader import DATA, ZERO, Extent, Qcow2Reader
 
 #: Raw bytes per zstd frame: the most a resume makes again.
 FRAME_SIZE = 256 << 20
@@ -43,8 +43,10 @@ FRAME_SIZE = 256 << 20
 READ_AHEAD = 32 << 20
 #: Parallel ranged reads.
 READERS = 4
-#: Compressed clusters read together, at most this many bytes per read.
-GROUP_BYTES = 4 << 20
+#: Stored clusters read together, at most this many bytes per ranged GET.
+GROUP_BYTES = 8 << 20
+#: Bytes between stored extents read (and dropped) rather than asked for in another GET.
+READ_GAP = 256 << 10
 #: zstd level (zstd's default; ``zstd -3``).
 LEVEL = 3
 #: Raw chunks queued for the hashing thread (each at most 8 MiB).
@@ -266,22 +268,24 @@ class RawZstdProducer:
                 if group is None:
                     exhausted = True
                     break
-                first, last = group[0], group[-1]
-                if first.kind == ZERO:
+                stored = [extent for extent in group if extent.kind != ZERO]
+                if not stored:
                     pending.append((group, None, 0))
                     continue
-                length = last.host + last.host_length - first.host
-                pending.append((group, pool.submit(reader.source.read, first.host, length), length))
-                in_flight += length
+                low = stored[0].host
+                size = max(e.host + e.host_length for e in stored) - low
+                pending.append((group, pool.submit(reader.source.read, low, size), size))
+                in_flight += size
             if not pending:
                 return
             group, future, length = pending.popleft()
             in_flight -= length
             data = future.result() if future is not None else b""
+            base = next((extent.host for extent in group if extent.kind != ZERO), 0)
             if position is None:
                 position = group[0].guest
             for extent in group:
-                for chunk in self._extent(extent, data, group[0].host):
+                for chunk in self._extent(extent, data, base):
                     end = position + len(chunk)
                     if end > start:
                         yield chunk[start - position :] if position < start else chunk
@@ -307,22 +311,27 @@ class RawZstdProducer:
 
 
 def _groups(extents: Iterator[Extent]) -> Iterator[list[Extent]]:
-    """Extents in read units: each zero or data extent alone, and compressed clusters stored
-    one after the other together (up to :data:`GROUP_BYTES`)."""
+    """Extents in read units: runs of extents whose stored bytes lie one after the other in
+    the file (at most :data:`READ_GAP` apart, :data:`GROUP_BYTES` in all), the zero extents
+    between them included, are read with one ranged GET; zero extents alone need none."""
     group: list[Extent] = []
+    low = high = 0
     for extent in extents:
-        if group and not (
-            extent.kind == COMPRESSED
-            and extent.host >= group[-1].host
-            and extent.host + extent.host_length - group[0].host <= GROUP_BYTES
-            and extent.host - (group[-1].host + group[-1].host_length) <= 64 << 10
-        ):
-            yield group
-            group = []
-        if extent.kind == COMPRESSED:
+        if extent.kind == ZERO:
+            if group:
+                group.append(extent)
+            else:
+                yield [extent]
+            continue
+        start, end = extent.host, extent.host + extent.host_length
+        # Compressed clusters' sector spans overlap their neighbours' by up to 511 bytes.
+        if group and low <= start <= high + READ_GAP and max(high, end) - low <= GROUP_BYTES:
             group.append(extent)
-        else:
-            yield [extent]
+            high = max(high, end)
+            continue
+        if group:
+            yield group
+        group, low, high = [extent], start, end
     if group:
         yield group
 

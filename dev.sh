@@ -86,6 +86,7 @@ case "${1:-}" in
     ensure_redis
     ensure_rabbitmq
     apt_install redis-server redis-server  # tests start their own redis-server to restart it
+    apt_install qemu-img qemu-utils  # the reference for qcow2 images and their raw conversion
     # CI (.ci/run) checks the compose files too; elsewhere those tests skip without Compose.
     [ "${SNAPARCHIVE_COMPOSE_CHECK:-}" != required ] || ensure_compose
     .venv/bin/ruff check worker jobs tests bench
@@ -96,7 +97,8 @@ case "${1:-}" in
     setup_python
     # The peers and tools the benchmark compares with; one that cannot be installed is
     # skipped by the benchmark with a note.
-    for spec in curl:curl openssl:openssl /usr/bin/time:time rclone:rclone aws:awscli; do
+    for spec in curl:curl openssl:openssl /usr/bin/time:time rclone:rclone aws:awscli \
+        qemu-img:qemu-utils zstd:zstd; do
       apt_install "${spec%%:*}" "${spec#*:}" || log "${spec#*:} unavailable; the benchmark skips what needs it"
     done
     exec .venv/bin/python -m bench.run "${@:2}"

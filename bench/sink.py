@@ -12,8 +12,10 @@ image beforehand (``PUT /_sink/parts/{snapshot-id}`` with the JSON list of its p
 for the part size of the next run: the engine checks
 each ETag against its own MD5 of the part, as against any store); else a random hex string
 (clients that compare it with their own MD5 must be registered, or they fail, loudly).
+With ``--hash`` (a stream whose parts nobody knows beforehand, like a conversion's), the sink
+hashes each part it receives and answers that MD5 instead of a random string.
 
-Run as ``python -m bench.sink PORT``; :class:`NullSink` is the parent's side.
+Run as ``python -m bench.sink PORT [--hash]``; :class:`NullSink` is the parent's side.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class _Upload:
 class Sink:
     """The sink's state: open uploads and the registered part MD5s, by snapshot id."""
 
-    def __init__(self) -> None:
+    def __init__(self, hash_parts: bool = False) -> None:
+        self.hash_parts = hash_parts
         self.uploads: dict[str, _Upload] = {}
         self.md5s: dict[str, list[str]] = {}
         self.received = 0
@@ -128,14 +131,18 @@ class Sink:
         self, request: web.Request, upload: _Upload, number: int
     ) -> web.Response:
         size = 0
+        digest = hashlib.md5() if self.hash_parts else None
         while chunk := await request.content.readany():
             size += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
         self.received += size
         sent = request.headers.get("Content-MD5")
         etag = (
             base64.b64decode(sent).hex()
             if sent
-            else self._expected_md5(upload.key, number) or uuid.uuid4().hex
+            else self._expected_md5(upload.key, number)
+            or (digest.hexdigest() if digest is not None else uuid.uuid4().hex)
         )
         upload.parts[number] = (size, etag)
         return web.Response(status=200, headers={"ETag": f'"{etag}"'})
@@ -185,8 +192,13 @@ class NullSink(ServerProcess):
 
     bucket = BUCKET
 
+    def __init__(self, port: int | None = None, *, hash_parts: bool = False) -> None:
+        super().__init__(port)
+        self.hash_parts = hash_parts
+
     def __enter__(self) -> NullSink:
-        self._start([sys.executable, "-m", "bench.sink", str(self.port)], "/_sink/stats")
+        extra = ["--hash"] if self.hash_parts else []
+        self._start([sys.executable, "-m", "bench.sink", str(self.port), *extra], "/_sink/stats")
         return self
 
     def register(self, snapshot_id: str, md5s: list[str]) -> None:
@@ -203,7 +215,8 @@ class NullSink(ServerProcess):
 
 def main(argv: list[str]) -> None:
     """Serve the sink on ``127.0.0.1:PORT`` until terminated."""
-    web.run_app(Sink().app(), host="127.0.0.1", port=int(argv[0]), access_log=None, print=None)
+    sink = Sink(hash_parts="--hash" in argv[1:])
+    web.run_app(sink.app(), host="127.0.0.1", port=int(argv[0]), access_log=None, print=None)
 
 
 if __name__ == "__main__":

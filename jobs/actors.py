@@ -221,3 +221,52 @@ ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "backup_await_snapshot": backup_await_snapshot,
     "backup_await_archive": backup_await_archive,
 }
+
+
+# -- Genesis Cloud restores (jobs.genesis_steps): their own steps and job store ---------------
+from jobs import genesis_steps  # noqa: E402 (after the broker is set up, like every actor)
+
+
+def _drive_restore(name: str, zone: str, snapshot_id: str, *request: str | None) -> None:
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message is not None else 0
+    wanted = genesis_steps.RestoreRequest.from_args(*request)
+    try:
+        ctx = genesis_steps.restore_context(_loop_thread().run_coroutine(_get_context()))
+        following = _loop_thread().run_coroutine(
+            genesis_steps.run_step(
+                ctx, name, zone, snapshot_id, wanted, retries >= MAX_RETRIES, _until_store_answers
+            )
+        )
+        if following is not None:
+            RESTORE_ACTORS[following.step].send_with_options(
+                args=(zone, snapshot_id, *wanted.args()), delay=int(following.delay * 1000)
+            )
+    except Exception as error:
+        logger.warning("%s %s/%s: %s (will retry)", name, zone, snapshot_id, describe(error))
+        raise StepRetry(f"{name} {zone}/{snapshot_id}: {describe(error)}") from None
+
+
+@dramatiq.actor(time_limit=_TRANSFER_LIMIT, **_options)
+def genesis_convert(zone: str, snapshot_id: str, *request: str | None) -> None:
+    """Convert the archive to raw+zstd for one slice, resuming from the checkpoint."""
+    _drive_restore("genesis_convert", zone, snapshot_id, *request)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def genesis_create(zone: str, snapshot_id: str, *request: str | None) -> None:
+    """Ask Genesis Cloud for the snapshot, from a presigned URL of the raw image."""
+    _drive_restore("genesis_create", zone, snapshot_id, *request)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def genesis_await(zone: str, snapshot_id: str, *request: str | None) -> None:
+    """Look at the Genesis Cloud snapshot once; re-enqueued with a delay while it is made."""
+    _drive_restore("genesis_await", zone, snapshot_id, *request)
+
+
+RESTORE_ACTORS: dict[str, dramatiq.Actor] = {
+    "genesis_convert": genesis_convert,
+    "genesis_create": genesis_create,
+    "genesis_await": genesis_await,
+}

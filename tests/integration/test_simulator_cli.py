@@ -57,16 +57,13 @@ def simulate(*args: str) -> Iterator[tuple[subprocess.Popen, dict[str, str], lis
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_serves_prints_its_environment_and_stops_cleanly(stop):
-    with simulate("--snapshot", f"{SNAPSHOT}:3MiB", "--secret", "s3cret", "--api-errors", "1") as (
-        process,
-        env,
-        banner,
-    ):
+    args = ["--snapshot", f"{SNAPSHOT}:3MiB", "--image-format", "raw", "--secret", "s3cret"]
+    with simulate(*args, "--api-errors", "1") as (process, env, banner):
         assert env["EXOSCALE_API_KEY"] and env["EXOSCALE_API_SECRET"] == "s3cret"
         assert env["SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS"] == "127.0.0.1"
         endpoint = env["EXOSCALE_API_ENDPOINT"]
         assert endpoint.endswith("/{zone}/v2")
-        assert any(SNAPSHOT in line and "3.0 MiB" in line for line in banner)
+        assert any(SNAPSHOT in line and "raw 3.0 MiB file" in line for line in banner)
 
         remote = Remote(endpoint.removesuffix("/{zone}/v2"), env["EXOSCALE_API_KEY"], "s3cret")
         assert signed_request(remote, "GET", "/snapshot").status_code == 503  # --api-errors 1
@@ -80,8 +77,9 @@ def test_serves_prints_its_environment_and_stops_cleanly(stop):
         assert "Traceback" not in err
 
 
-def test_seeds_a_default_snapshot():
-    with simulate() as (process, env, _banner):
+def test_seeds_a_default_snapshot_exported_as_qcow2():
+    with simulate() as (process, env, banner):
+        assert any("qcow2" in line and "10 GiB disk" in line for line in banner)
         remote = Remote(
             env["EXOSCALE_API_ENDPOINT"].removesuffix("/{zone}/v2"),
             env["EXOSCALE_API_KEY"],

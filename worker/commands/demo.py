@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=_size,
         default=parse_size("512MiB"),
-        help="size of the simulated disk image (default 512MiB)",
+        help="data on the simulated disk (default 512MiB); it is exported as a qcow2 image "
+        "of a 10 GiB disk, with zero and compressed clusters",
     )
     parser.add_argument(
         "--keep",
@@ -64,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     s3_server.start()
     host, port = s3_server.get_host_and_port()
     s3 = S3Settings(endpoint=f"http://{host}:{port}", bucket=BUCKET)
-    simulator = Simulator(key="EXOdemo0000000000000000000", secret="demo-secret", seed=2026)
+    simulator = Simulator(
+        key="EXOdemo0000000000000000000",
+        secret="demo-secret",
+        seed=2026,
+        image_format="qcow2",
+        compressed=True,
+    )
     simulator.add_snapshot(SNAPSHOT_ID, args.size, zone=ZONE, name="demo-disk")
     try:
         with simulator.running(host="127.0.0.1", port=0):
@@ -83,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"Exoscale simulator: {simulator.endpoint}", file=sys.stderr)
             print(f"local S3 endpoint:  {s3.endpoint} (bucket {BUCKET})", file=sys.stderr)
             print(
-                f"archiving snapshot {SNAPSHOT_ID} ({format_size(args.size)}) from {ZONE}",
+                f"archiving snapshot {SNAPSHOT_ID} (a qcow2 image of "
+                f"{format_size(simulator.image(SNAPSHOT_ID).size)}) from {ZONE}",
                 file=sys.stderr,
             )
             code = asyncio.run(archive_here(settings, ZONE, SNAPSHOT_ID, as_json=False))

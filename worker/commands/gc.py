@@ -3,7 +3,8 @@ of archives that lost their manifest (see :mod:`worker.orphans`; the same guards
 
 Incomplete uploads are invisible but their parts are billed. An upload is abandoned when
 no active job of the job store owns its snapshot, nobody holds the transfer lease of its
-archive (whatever the upload's age: a transfer is running), and it is older than
+archive (whatever the upload's age: a transfer is running), no restore job converting the
+archive is active or leased (the restore job store, :mod:`jobs.genesis_steps`), and it is older than
 ``--older-than`` hours: a guard for transfers the job store does not know, like
 ``archive --local`` runs that could not reach Redis. ``0`` drops the guard, for when no
 such run can be going on.
@@ -62,15 +63,25 @@ async def _answers(store: RedisJobStore) -> bool:
         return False
 
 
+async def _leased(owner: tuple[str, str], *stores: JobStore) -> bool:
+    """Whether a transfer (an archive's, or a restore's conversion) holds the lease."""
+    for store in stores:
+        if await store.lease_left(*owner) > 0:
+            return True
+    return False
+
+
 async def _gc(min_age: float, dry_run: bool, as_json: bool) -> int:
     settings = load()
     settings.s3.require_bucket()
     archive = ArchiveStore(settings.s3)
     store = RedisJobStore.for_settings(settings)
+    # Restores convert archives beside them (image.raw.zst): their jobs and leases count too.
+    restores = RedisJobStore(settings.redis_url, namespace=f"{settings.queue}:genesis")
     try:
         reachable = await _answers(store)
         if reachable:
-            jobs = await store.list(limit=100_000)
+            jobs = await store.list(limit=100_000) + await restores.list(limit=100_000)
             active = {(r.zone, r.snapshot_id) for r in jobs if r.active}
         else:
             active = set()
@@ -92,7 +103,7 @@ async def _gc(min_age: float, dry_run: bool, as_json: bool) -> int:
             reason: str | None = None
             if owner in active:
                 reason = "job_running"
-            elif reachable and owner is not None and await store.lease_left(*owner) > 0:
+            elif reachable and owner is not None and await _leased(owner, store, restores):
                 reason = "leased"
             elif min_age and age is None:
                 reason = "age_unknown"
@@ -120,6 +131,7 @@ async def _gc(min_age: float, dry_run: bool, as_json: bool) -> int:
         return 0
     finally:
         await store.close()
+        await restores.close()
         await archive.close()
 
 

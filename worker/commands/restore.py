@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--output", "-o", metavar="PATH", help="write the image here (- stdout)")
     target.add_argument("--verify", action="store_true", help="only read and verify")
+    # Cross-cloud: restore at Genesis Cloud (worker.commands.restore_genesis).
+    target.add_argument("--genesis-region", metavar="REGION", help="make a Genesis Cloud snapshot")
+    genesis = parser.add_argument_group("with --genesis-region")
+    genesis.add_argument("--name", help="the Genesis Cloud snapshot's name")
+    genesis.add_argument("--wait", action="store_true", help="follow the restore to its end")
+    genesis.add_argument("--local", action="store_true", help="run it here, no broker")
+    genesis.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def output_problem(text: str) -> str | None:
@@ -78,6 +85,10 @@ def _manifest(settings: Settings, zone: str, snapshot_id: str) -> Manifest | Non
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.genesis_region is not None:
+        from worker.commands import restore_genesis
+
+        return restore_genesis.run(args)
     if args.output not in (None, "-"):
         problem = output_problem(args.output)
         if problem:

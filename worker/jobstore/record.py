@@ -21,6 +21,8 @@ class Step(StrEnum):
     QUEUED = "queued"
     AWAITING_EXPORT = "awaiting-export"
     TRANSFERRING = "transferring"
+    #: A restore waits for another cloud to import the image (jobs.genesis_steps).
+    AWAITING_PROVIDER = "awaiting-provider"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"

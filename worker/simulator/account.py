@@ -24,6 +24,7 @@ from worker.simulator.disk import BlockPool
 from worker.simulator.faults import ActiveFaults, Faults
 from worker.simulator.fetch import FetchResult, TemplateFetcher
 from worker.simulator.presign import Presigner
+from worker.simulator.qcow2image import ImageOptions
 from worker.simulator.records import (
     InstanceRecord,
     OperationRecord,
@@ -117,6 +118,7 @@ class Account:
       url_ttl: Default lifetime of presigned URLs, in seconds.
       clock: Returns the current UNIX time (default: ``time.time``).
       snapshot_quota: The organisation's snapshot limit (-1: unlimited).
+      images: How exported images are made (default :class:`.qcow2image.ImageOptions()`).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class Account:
         url_ttl: float,
         clock: Callable[[], float],
         snapshot_quota: int = -1,
+        images: ImageOptions | None = None,
     ) -> None:
         self.seed = seed
         self.export_seconds = export_seconds
@@ -134,6 +137,7 @@ class Account:
         self.snapshot_quota = check_quota_limit(snapshot_quota)
         self.lock = threading.RLock()
         self.pool = BlockPool(seed)
+        self.images = images or ImageOptions()
         self.presigner = Presigner()
         #: Reads register-template URLs; set while the server runs.
         self.fetcher: TemplateFetcher | None = None

@@ -22,6 +22,7 @@ from worker import argtypes as types
 from worker.argtypes import check_uuid
 from worker.settings import EXOSCALE_ZONES
 from worker.simulator.account import MAX_SIZE_GIB, check_labels, check_quota_limit
+from worker.simulator.disk import IMAGE_FORMATS
 from worker.simulator.faults import OPERATION_REASONS, Faults
 from worker.simulator.server import EXPORT_SECONDS, URL_TTL, Simulator
 from worker.units import GiB, MiB, format_size
@@ -88,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_snapshot_spec,
         default=[],
         metavar="ID:SIZE",
-        help="add a ready snapshot: a UUID and its file size, like 64MiB or 2GiB "
-        "(repeatable; default: one 64MiB snapshot, unless --instance is given)",
+        help="add a ready snapshot: a UUID and its size, like 64MiB or 2GiB: of the data "
+        "written on its disk (qcow2) or of its file (raw) (repeatable; default: one 64MiB "
+        "snapshot, unless --instance is given)",
     )
     parser.add_argument(
         "--instance",
@@ -125,6 +127,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=types.seconds,
         default=URL_TTL,
         help=f"lifetime of presigned URLs in seconds (default {URL_TTL:g})",
+    )
+    parser.add_argument(
+        "--image-format",
+        choices=IMAGE_FORMATS,
+        default="qcow2",
+        help="what exports are: valid qcow2 images of the snapshot's size (default), or raw "
+        "files of exactly the size asked for",
+    )
+    parser.add_argument(
+        "--cluster-size",
+        type=types.size,
+        default=64 << 10,
+        help="qcow2 cluster size, 512 bytes to 2MiB (default 64KiB)",
+    )
+    parser.add_argument(
+        "--compressed",
+        action="store_true",
+        help="qcow2 images store their compressible clusters deflated, as qemu-img convert -c",
     )
     faults = parser.add_argument_group(
         "faults", "global faults; change them while running with PUT /_simulator/faults"
@@ -246,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
             export_seconds=args.export_seconds,
             url_ttl=args.url_ttl,
             snapshot_quota=args.snapshot_quota,
+            image_format=args.image_format,
+            cluster_size=args.cluster_size,
+            compressed=args.compressed,
         )
         instances = [
             sim.add_instance(i, zone=args.zone, labels=labels) for i, labels in args.instances
@@ -299,9 +322,11 @@ def _print_banner(
         labels = ",".join(f"{k}={v}" for k, v in instance["labels"].items()) or "no labels"
         lines.append(f"  {instance['id']}  {instance['name']}, {labels}")
     lines.append("snapshots:" if bodies else "snapshots: none")
-    for body, (_, image_size) in zip(bodies, snapshots, strict=True):
+    for body, (snapshot_id, _) in zip(bodies, snapshots, strict=True):
+        image = sim.image(snapshot_id)
         lines.append(
-            f"  {body['id']}  {format_size(image_size)} file, {body['size']} GiB, {body['state']}"
+            f"  {body['id']}  {image.format} {format_size(image.size)} file, {body['size']} GiB "
+            f"disk, {body['state']}"
         )
     lines.append("environment:")
     lines += [f"  export {name}={shlex.quote(value)}" for name, value in sim.env().items()]

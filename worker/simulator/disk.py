@@ -1,15 +1,18 @@
 """Deterministic disk images, generated on the fly.
 
-An image is a sequence of 1 MiB blocks. Block 0 starts with a qcow2-like header (magic,
-version 3, the virtual size); every other block is either zeros or one of a few random blocks
-from a :class:`BlockPool`, chosen by a keyed hash of the block index. Most blocks are zero,
-like the disk of a real instance. Reading any range costs a hash per block and no copying, so a
-server streams many GiB per second from a few MiB of memory, and the same seed, image key and
-size always give the same bytes.
+:class:`Image` is what the simulator serves: bytes of a known size, readable at any offset,
+hashed off-thread. Two kinds:
 
-The header is only there so the file looks like what Exoscale exports; it is not a valid
-qcow2 image. Its first 512 bytes end with a digest of seed and key, so different images always
-differ.
+- :class:`DiskImage` (``raw``): a plain file of exactly the size asked for, a sequence of 1 MiB
+  blocks, each either zeros or one of a few random blocks from a :class:`BlockPool`, chosen by
+  a keyed hash of the block index. Most blocks are zero, like the disk of a real instance.
+  Tests that do arithmetic on the file's size use it.
+- :class:`~worker.simulator.qcow2image.Qcow2Image` (``qcow2``): a valid qcow2 v3 image, what
+  Exoscale really exports.
+
+Reading any range costs a hash per block and no copying, so a server streams many GiB per
+second from a few MiB of memory, and the same seed, image key and size always give the same
+bytes. The first 512 bytes end with a digest of seed and key, so different images differ.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import random
-import struct
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -29,12 +31,13 @@ POOL_BLOCKS = 8
 #: Share of blocks (in percent) that hold random data rather than zeros.
 DATA_PERCENT = 25
 
-_QCOW2_MAGIC = b"QFI\xfb"
 _HEADER_SIZE = 512
+#: The image formats the simulator serves.
+IMAGE_FORMATS = ("raw", "qcow2")
 
-# MD5 by (pool seed, image key, size, virtual size): tests build many simulators with the
+# MD5 by what makes an image (:meth:`Image.identity`): tests build many simulators with the
 # same images, and hashing a few GiB takes seconds.
-_md5_cache: dict[tuple[int, str, int, int], str] = {}
+_md5_cache: dict[tuple[object, ...], str] = {}
 _md5_cache_lock = threading.Lock()
 
 
@@ -52,43 +55,35 @@ class BlockPool:
         self.data = [memoryview(rng.randbytes(BLOCK_SIZE)) for _ in range(POOL_BLOCKS)]
 
 
-class DiskImage:
-    """A read-only disk image whose bytes are computed on demand.
+class Image:
+    """A read-only image whose bytes are computed on demand; subclasses say which.
 
     Parameters:
       pool: The blocks to assemble the image from (its seed is part of the image's identity).
       key: Distinguishes images built from the same pool (the simulator uses the snapshot id).
-      size: Length of the file in bytes.
-      virtual_size: Disk size written into the header, in bytes (default: ``size``).
+
+    Subclasses set :attr:`size` (bytes of the file) and :attr:`virtual_size` (of the disk),
+    and implement :meth:`chunks` and :meth:`identity`.
     """
 
-    def __init__(self, pool: BlockPool, key: str, size: int, virtual_size: int | None = None):
-        if size < 0:
-            raise ValueError(f"image size must not be negative, got {size}")
+    format = "raw"
+    size: int
+    virtual_size: int
+
+    def __init__(self, pool: BlockPool, key: str) -> None:
         self.pool = pool
         self.key = key
-        self.size = size
-        self.virtual_size = size if virtual_size is None else virtual_size
         # Keyed by seed and key: both choose which blocks hold data.
         self._hash_key = hashlib.blake2b(f"{pool.seed}:{key}".encode(), digest_size=32).digest()
-        header = struct.pack(">4sIQIIQ", _QCOW2_MAGIC, 3, 0, 0, 16, self.virtual_size)
-        # The header ends with the layout key, so no two images share their first block, even
-        # when all their other blocks happen to be zero.
-        header += bytes(_HEADER_SIZE - len(header) - len(self._hash_key)) + self._hash_key
-        self._first = memoryview(header + bytes(BLOCK_SIZE - len(header)))
         self._md5_future: Future[str] | None = None
         self._md5_lock = threading.Lock()
 
-    def _block(self, index: int) -> memoryview:
-        if index == 0:
-            return self._first
+    def _pick(self, index: int) -> int:
+        """A keyed hash of ``index``: which content block ``index`` gets."""
         digest = hashlib.blake2b(
             index.to_bytes(8, "little"), key=self._hash_key, digest_size=8
         ).digest()
-        value = int.from_bytes(digest, "little")
-        if value % 100 >= DATA_PERCENT:
-            return self.pool.zero
-        return self.pool.data[(value >> 8) % POOL_BLOCKS]
+        return int.from_bytes(digest, "little")
 
     def chunks(self, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
         """Yield the bytes of ``[start, end)`` as read-only views of at most one block each.
@@ -97,25 +92,20 @@ class DiskImage:
           start: First offset (default 0).
           end: Offset after the last byte (default and at most: the image size).
         """
-        end = self.size if end is None else min(end, self.size)
-        position = max(0, start)
-        while position < end:
-            index, offset = divmod(position, BLOCK_SIZE)
-            length = min(BLOCK_SIZE - offset, end - position)
-            yield self._block(index)[offset : offset + length]
-            position += length
+        raise NotImplementedError
+
+    def identity(self) -> tuple[object, ...]:
+        """What makes the image's bytes: equal identities, equal bytes."""
+        raise NotImplementedError
 
     def read(self, start: int, length: int) -> bytes:
         """Return ``length`` bytes from ``start`` (fewer at the end of the image)."""
         return b"".join(self.chunks(start, start + length))
 
-    def _cache_key(self) -> tuple[int, str, int, int]:
-        return (self.pool.seed, self.key, self.size, self.virtual_size)
-
     def compute_md5(self) -> str:
         """Hash the whole image and return the MD5 hex digest (cached per process)."""
         with _md5_cache_lock:
-            cached = _md5_cache.get(self._cache_key())
+            cached = _md5_cache.get(self.identity())
         if cached is not None:
             return cached
         digest = hashlib.md5()
@@ -123,7 +113,7 @@ class DiskImage:
             digest.update(chunk)
         result = digest.hexdigest()
         with _md5_cache_lock:
-            _md5_cache[self._cache_key()] = result
+            _md5_cache[self.identity()] = result
         return result
 
     def md5_future(self) -> Future[str]:
@@ -137,7 +127,7 @@ class DiskImage:
                 future: Future[str] = Future()
                 self._md5_future = future
                 with _md5_cache_lock:
-                    cached = _md5_cache.get(self._cache_key())
+                    cached = _md5_cache.get(self.identity())
                 if cached is not None:
                     # Settled at once, so a hashed image never makes an operation wait.
                     future.set_result(cached)
@@ -157,10 +147,53 @@ class DiskImage:
         return io.BufferedReader(DiskReader(self), buffer_size=BLOCK_SIZE)
 
 
-class DiskReader(io.RawIOBase):
-    """A raw, seekable, read-only file over a :class:`DiskImage`."""
+class DiskImage(Image):
+    """A raw disk image: a plain file of ``size`` bytes (see the module docstring).
 
-    def __init__(self, image: DiskImage) -> None:
+    Parameters:
+      pool: The blocks to assemble the image from (its seed is part of the image's identity).
+      key: Distinguishes images built from the same pool (the simulator uses the snapshot id).
+      size: Length of the file in bytes.
+      virtual_size: The disk's size, in bytes (default: ``size``); a raw file is its disk, so
+        this only says what the snapshot claims.
+    """
+
+    def __init__(self, pool: BlockPool, key: str, size: int, virtual_size: int | None = None):
+        if size < 0:
+            raise ValueError(f"image size must not be negative, got {size}")
+        super().__init__(pool, key)
+        self.size = size
+        self.virtual_size = size if virtual_size is None else virtual_size
+        # The first 512 bytes end with the layout key, so no two images share their first
+        # block, even when all their other blocks happen to be zero.
+        header = bytes(_HEADER_SIZE - len(self._hash_key)) + self._hash_key
+        self._first = memoryview(header + bytes(BLOCK_SIZE - len(header)))
+
+    def _block(self, index: int) -> memoryview:
+        if index == 0:
+            return self._first
+        value = self._pick(index)
+        if value % 100 >= DATA_PERCENT:
+            return self.pool.zero
+        return self.pool.data[(value >> 8) % POOL_BLOCKS]
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[memoryview]:
+        end = self.size if end is None else min(end, self.size)
+        position = max(0, start)
+        while position < end:
+            index, offset = divmod(position, BLOCK_SIZE)
+            length = min(BLOCK_SIZE - offset, end - position)
+            yield self._block(index)[offset : offset + length]
+            position += length
+
+    def identity(self) -> tuple[object, ...]:
+        return ("raw", self.pool.seed, self.key, self.size)
+
+
+class DiskReader(io.RawIOBase):
+    """A raw, seekable, read-only file over an :class:`Image`."""
+
+    def __init__(self, image: Image) -> None:
         self._image = image
         self._position = 0
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from worker.argtypes import check_uuid
 from worker.simulator.account import ApiProblem
-from worker.simulator.disk import DiskImage
+from worker.simulator.disk import Image
 from worker.simulator.faults import DownloadPlan
 from worker.simulator.operations import Operations
 from worker.simulator.records import SnapshotRecord
@@ -85,7 +85,7 @@ class Exports(Operations):
         snapshot_id: str,
         path: str,
         params: Mapping[str, str],
-    ) -> tuple[DiskImage, str]:
+    ) -> tuple[Image, str]:
         """Check a presigned download and return the image and its MD5 (for the ETag).
 
         Raises:

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.simulator.disk import DiskImage
+from worker.simulator.disk import Image
 
 
 def timestamp(unix: float) -> str:
@@ -182,7 +182,7 @@ class SnapshotRecord:
     created_at: float
     state: str
     size: int
-    image: DiskImage
+    image: Image
     instance_id: str
     export: ExportRecord | None = None
     served: int = 0

@@ -18,9 +18,11 @@ from aiohttp import web
 from worker.settings import ExoscaleSettings
 from worker.simulator.api import ExoscaleApi
 from worker.simulator.control import Control
+from worker.simulator.disk import Image
 from worker.simulator.download import Downloads
 from worker.simulator.faults import Faults
 from worker.simulator.fetch import TemplateFetcher
+from worker.simulator.qcow2image import ImageOptions
 from worker.simulator.serving import ServerThread
 from worker.simulator.state import SimState
 
@@ -45,6 +47,11 @@ class Simulator:
         expire URLs and signatures without waiting.
       snapshot_quota: The organisation's snapshot limit (default -1: unlimited); at the limit
         create-snapshot is refused as Exoscale refuses it.
+      image_format: ``raw`` (default: files of exactly the size asked for) or ``qcow2`` (valid
+        qcow2 images of the snapshot's size, as Exoscale exports; ``snaparchive simulate``'s
+        default); see :class:`~worker.simulator.qcow2image.ImageOptions`.
+      cluster_size: qcow2 cluster size (default 64 KiB).
+      compressed: qcow2 images store their compressible clusters deflated (default ``False``).
     """
 
     def __init__(
@@ -57,13 +64,17 @@ class Simulator:
         url_ttl: float = URL_TTL,
         clock: Callable[[], float] = time.time,
         snapshot_quota: int = -1,
+        image_format: str = "raw",
+        cluster_size: int = 1 << 16,
+        compressed: bool = False,
     ) -> None:
         if not key or not secret:
             raise ValueError("the simulator needs an API key and a secret")
         self.key = key
         self.secret = secret
         self.seed = seed
-        self._state = SimState(seed, export_seconds, url_ttl, clock, snapshot_quota)
+        images = ImageOptions(image_format, cluster_size, compressed)
+        self._state = SimState(seed, export_seconds, url_ttl, clock, snapshot_quota, images)
         self._server: ServerThread | None = None
         self._authority: str | None = None
 
@@ -79,6 +90,7 @@ class Simulator:
         name: str | None = None,
         size_gib: int | None = None,
         instance_id: str | None = None,
+        image_format: str | None = None,
     ) -> dict[str, Any]:
         """Add a snapshot and return its API body, as get-snapshot answers it.
 
@@ -86,19 +98,21 @@ class Simulator:
 
         Parameters:
           snapshot_id: A UUID.
-          image_size: Bytes of the exported file.
+          image_size: Bytes of the exported file (raw), or of data written on the disk (qcow2:
+            the file holds them, less zero clusters and holes, plus its metadata).
           zone: One of ``worker.settings.EXOSCALE_ZONES`` (default ``ch-gva-2``).
           state: ``ready`` (default), ``exported`` (the MD5 is computed now, in this thread),
             ``snapshotting`` or ``error``.
           name: Snapshot name (default: derived from the instance's).
           size_gib: Reported size in GiB, 10..51200 (default ``max(10, ceil(image_size/GiB))``).
           instance_id: The instance it is a snapshot of (default: one derived from the id).
+          image_format: ``raw`` or ``qcow2`` (default: the simulator's).
 
         Raises:
           ValueError: On a malformed id, a bad size, zone or state, or a duplicate id.
         """
         record = self._state.add_snapshot(
-            snapshot_id, image_size, zone, state, name, size_gib, instance_id
+            snapshot_id, image_size, zone, state, name, size_gib, instance_id, image_format
         )
         body = self._state.get_snapshot(record.zone, record.id, self._authority or "")
         if self._authority is None:
@@ -253,6 +267,10 @@ class Simulator:
             "EXOSCALE_API_SECRET": self.secret,
             "SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS": self.host,
         }
+
+    def image(self, snapshot_id: str) -> Image:
+        """Return a snapshot's image (its ``format``, ``size``, bytes). KeyError if unknown."""
+        return self._state.snapshot_record(snapshot_id).image
 
     def image_md5(self, snapshot_id: str) -> str:
         """Return the MD5 hex of a snapshot's file (the true one, whatever the faults).

@@ -3,10 +3,10 @@
 - delete-snapshot: the snapshot turns ``deleting``; when the operation succeeds it is gone
   (404) and its download URLs answer 404 ``NoSuchKey``. HTTP 409 while it is exporting.
 - create-snapshot of an instance: a new snapshot (``snapshotting``, then ``ready``) of the
-  instance's disk size, with a 64 MiB image and ``created-at`` = now (the simulator's clock);
-  the operation references it. At or over the organisation's snapshot quota (see
-  :mod:`.instances`) it is refused with HTTP :data:`QUOTA_EXCEEDED_STATUS` and a
-  ``{"message": ...}`` body.
+  instance's disk size, with 64 MiB of image (in the simulator's image format) and
+  ``created-at`` = now (the simulator's clock); the operation references it. At or over the
+  organisation's snapshot quota (see :mod:`.instances`) it is refused with HTTP
+  :data:`QUOTA_EXCEEDED_STATUS` and a ``{"message": ...}`` body.
 - promote-snapshot-to-template: the operation's success creates a private template
   (``get-template``).
 
@@ -15,6 +15,7 @@ Exports and downloads are in :mod:`.exports`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import uuid
@@ -31,7 +32,6 @@ from worker.simulator.account import (
     required_field,
     string_field,
 )
-from worker.simulator.disk import DiskImage
 from worker.simulator.exports import Exports
 from worker.simulator.records import ExportRecord, SnapshotRecord, TemplateRecord
 from worker.units import GiB, MiB
@@ -58,6 +58,7 @@ class Snapshots(Exports):
         name: str | None = None,
         size_gib: int | None = None,
         instance_id: str | None = None,
+        image_format: str | None = None,
     ) -> SnapshotRecord:
         """Add a snapshot (see :meth:`worker.simulator.Simulator.add_snapshot`).
 
@@ -81,7 +82,10 @@ class Snapshots(Exports):
             raise ValueError("snapshot name must be 1..255 characters")
         if instance_id is not None:
             instance_id = check_uuid(instance_id, "instance id")
-        image = DiskImage(self.pool, snapshot_id, image_size, virtual_size=size_gib * GiB)
+        images = self.images
+        if image_format is not None:
+            images = dataclasses.replace(images, format=image_format)
+        image = images.make(self.pool, snapshot_id, image_size, size_gib * GiB)
         # Hash outside the lock: an exported snapshot needs its MD5 before it can be listed.
         md5 = image.compute_md5() if state == "exported" else None
         with self.lock:

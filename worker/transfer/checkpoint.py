@@ -15,7 +15,8 @@ JSON (:meth:`Checkpoint.to_dict`, format 1)::
                         "object_etag": null}}}
 
 ``state`` and ``object_etag`` came with resumable commits; a checkpoint without them is read
-as ``uploading``.
+as ``uploading``. ``source_state`` (absent or ``null`` for an archive) is what an open-ended
+source (:class:`~worker.transfer.source.OpenEnded`) needs to go on at ``offset``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Checkpoint:
         ``None`` where it cannot be exported (the resume then re-hashes the prefix).
       segments: The multipart upload of each segment started so far, by segment index.
       validator: The download's ETag or Last-Modified, to pin ``If-Range`` on resume.
+      source_state: What an open-ended source needs to resume at ``offset`` (JSON), if any.
     """
 
     plan: PartPlan
@@ -103,6 +105,7 @@ class Checkpoint:
     md5_state: str | None = None
     segments: dict[int, SegmentUpload] = field(default_factory=dict)
     validator: str | None = None
+    source_state: dict[str, Any] | None = None
 
     @property
     def parts_done(self) -> int:
@@ -132,6 +135,7 @@ class Checkpoint:
             "md5_state": self.md5_state,
             "segments": {str(i): asdict(upload) for i, upload in self.segments.items()},
             "validator": self.validator,
+            "source_state": self.source_state,
         }
 
     @classmethod
@@ -153,9 +157,16 @@ class Checkpoint:
                     int(i): SegmentUpload.from_dict(item) for i, item in data["segments"].items()
                 },
                 validator=data.get("validator"),
+                source_state=_state(data.get("source_state")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"malformed transfer checkpoint: {exc}") from None
+
+
+def _state(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError("source_state is not an object")
+    return value
 
 
 class TransferStopped(TransferError):

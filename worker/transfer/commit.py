@@ -10,22 +10,19 @@ ETag and its size (:mod:`worker.transfer.resume`).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
 
-import worker
 from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
-    ChecksumMismatch,
     ObjectExists,
     StoreIntegrityError,
     TransferError,
 )
-from worker.manifest import ArchivedObject, ArchiveResult, Manifest
+from worker.manifest import ArchivedObject, ArchiveResult
 from worker.md5state import Md5
 from worker.parts import SegmentSpan
 from worker.transfer.checkpoint import (
@@ -36,7 +33,7 @@ from worker.transfer.checkpoint import (
     TransferStopped,
     etags_digest,
 )
-from worker.transfer.source import ExportSource
+from worker.transfer.source import TransferSource
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +55,7 @@ class Commit:
 
     Parameters:
       store: The archive store.
-      source: The export archived.
+      source: What was transferred (it verifies the whole and writes the manifest).
       checkpoint: The transfer's checkpoint, at the image's end.
       md5_etags: Whether the store's part ETags are MD5s (then each object's multipart
         ETag is checked against the one computed from them).
@@ -69,7 +66,7 @@ class Commit:
     def __init__(
         self,
         store: ArchiveStore,
-        source: ExportSource,
+        source: TransferSource,
         checkpoint: Checkpoint,
         *,
         md5_etags: bool,
@@ -88,7 +85,8 @@ class Commit:
         the archive is.
 
         Raises:
-          ChecksumMismatch: The image's MD5 is not the published one.
+          ChecksumMismatch: The image's MD5 is not the published one (or the source's own
+            verification failed).
           StoreIntegrityError: The store's parts or objects are not the ones sent.
           ArchiveExists: Another run committed the archive meanwhile.
           ObjectExists: An object appeared at a key of this archive, with no manifest.
@@ -96,8 +94,7 @@ class Commit:
         """
         checkpoint, plan = self.checkpoint, self.checkpoint.plan
         digest = md5.hexdigest()
-        if digest != self.source.expected_md5:
-            raise ChecksumMismatch(self.source.expected_md5, digest)
+        self.source.verify(digest, checkpoint)
         if md5.length != plan.total or checkpoint.offset != plan.total:
             raise TransferError(
                 f"hashed {md5.length} bytes, stored {checkpoint.offset} of {plan.total}"
@@ -110,7 +107,7 @@ class Commit:
             assert upload.object_etag is not None
             objects.append(ArchivedObject(upload.key, span.size, upload.object_etag, span.offset))
         self._still_ours()
-        manifest_key = await self.store.put_manifest(self._manifest(digest, objects))
+        manifest_key = await self.source.write_manifest(self.store, digest, objects, checkpoint)
         log.info("%s: archived %d bytes, md5 %s", self.source.archive, plan.total, digest)
         return ArchiveResult(self.store.bucket, manifest_key, digest, plan.total, objects)
 
@@ -124,8 +121,7 @@ class Commit:
         try:
             etag = await self.store.complete_upload(upload.key, upload.upload_id, etags)
         except ObjectExists:
-            ids = self.source.archive
-            manifest_key = self.store.manifest_key(ids.provider, ids.zone, ids.snapshot_id)
+            manifest_key = self.source.scope(self.store).manifest
             if await self.store.exists(manifest_key):
                 raise ArchiveExists(manifest_key) from None
             raise
@@ -168,22 +164,3 @@ class Commit:
                 f"the store's parts of {upload.key} differ from the ones sent"
             )
         return [p.etag for p in stored]
-
-    def _manifest(self, digest: str, objects: list[ArchivedObject]) -> Manifest:
-        source, plan = self.source, self.checkpoint.plan
-        return Manifest(
-            provider=source.provider,
-            zone=source.zone,
-            snapshot_id=source.snapshot_id,
-            snapshot_name=source.snapshot_name,
-            instance_id=source.instance_id,
-            created_at=source.created_at,
-            size=plan.total,
-            md5=digest,
-            part_size=plan.part_size,
-            objects=tuple(objects),
-            tool_version=worker.__version__,
-            archived_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            policy=source.policy,
-            template=source.template,
-        )

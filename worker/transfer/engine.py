@@ -1,6 +1,8 @@
-"""The streaming engine: download → MD5 chain and per-part checks → S3 parts → checkpoint.
+"""The streaming engine: source stream → MD5 chain and per-part checks → S3 parts → checkpoint.
 
-One :class:`Transfer` per :func:`~worker.transfer.archive_export` call. It downloads each
+One :class:`Transfer` per transfer (:func:`~worker.transfer.archive_export`, or a conversion
+of :mod:`worker.convert`); what it reads and where it writes is its
+:class:`~worker.transfer.source.TransferSource`'s. It reads each
 part into a free buffer, hashes it into the image's MD5 chain (one thread, strictly in
 order) while the store uploads it (the store's threads, several parts at a time) and a
 second thread computes the part's own MD5 to check the ETag the store answers. When a part
@@ -18,19 +20,18 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-import worker
 from worker.archive import ArchiveStore
-from worker.download import Download, DownloadRetry
+from worker.download import DownloadRetry
 from worker.errors import StoreIntegrityError, TransferError, is_permanent
 from worker.manifest import ArchiveResult
 from worker.md5state import Md5, new_md5
-from worker.parts import Part, buffer_count, plan_parts
+from worker.parts import Part, PartPlan, buffer_count
 from worker.settings import TransferSettings
 from worker.transfer.buffers import PartBuffers
 from worker.transfer.checkpoint import Checkpoint, SegmentUpload, TransferStopped
 from worker.transfer.commit import Commit
 from worker.transfer.resume import Resumption, adopt, clear_leftovers, discard_transfer
-from worker.transfer.source import ExportSource
+from worker.transfer.source import ByteStream, OpenEnded, TransferSource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class Transfer:
 
     def __init__(
         self,
-        source: ExportSource,
+        source: TransferSource,
         store: ArchiveStore,
         settings: TransferSettings,
         on_checkpoint: Callable[[Checkpoint], Awaitable[None]] | None,
@@ -61,6 +62,8 @@ class Transfer:
         self.on_progress = on_progress
         self.stop = stop or asyncio.Event()
         self.name = str(source.archive)
+        self.scope = source.scope(store)
+        self.stream: ByteStream | None = None
         self.checkpoint: Checkpoint | None = None
         # Parts the store holds that are not yet checked against the bytes hashed now:
         # index -> ETag. Each is kept only if its MD5 is that ETag, else it is sent again.
@@ -88,13 +91,15 @@ class Transfer:
         try:
             resumed = await adopt(self.store, self.source, saved) if saved else None
             if saved is not None and resumed is None:
-                await discard_transfer(self.store, archive, saved)
-            await clear_leftovers(self.store, archive, resumed.checkpoint if resumed else None)
+                await discard_transfer(self.store, archive, saved, self.scope)
+            await clear_leftovers(
+                self.store, archive, resumed.checkpoint if resumed else None, self.scope
+            )
             try:
                 return await self._transfer(session, resumed, retry)
             except TransferStopped as stopped:
                 if stopped.checkpoint is None and self.checkpoint is not None:
-                    await discard_transfer(self.store, archive, self.checkpoint)
+                    await discard_transfer(self.store, archive, self.checkpoint, self.scope)
                 raise
             except Exception as error:
                 # Only a permanent error makes the uploads worthless. A transient one outlived
@@ -102,7 +107,7 @@ class Transfer:
                 # uploading again would cost days. CancelledError is no Exception: a cancelled
                 # transfer keeps its uploads too.
                 if self.checkpoint is not None and is_permanent(error):
-                    await discard_transfer(self.store, archive, self.checkpoint)
+                    await discard_transfer(self.store, archive, self.checkpoint, self.scope)
                 raise
         finally:
             self.chain_pool.shutdown(wait=False)
@@ -119,32 +124,29 @@ class Transfer:
         start = saved.offset if saved is not None else 0
         if saved is not None and start == saved.plan.total:
             return await self._commit(md5)  # stored and hashed to the end: the commit was lost
-        download = Download(
+        self.stream = stream = self.source.open_stream(
             session,
-            self.source.url,
-            self.source.refresh_url,
-            self.settings.allowed_download_hosts,
+            self.settings,
             offset=start,
-            total=saved.plan.total if saved else None,
-            validator=saved.validator if saved else None,
+            checkpoint=saved,
             retry=retry,
             on_bytes=self._progress,
         )
         try:
-            total = await self._until_stopped(download.open())
+            total = await self._until_stopped(stream.open())
             if total == 0:
                 raise TransferError("the export is empty (0 bytes)")
             if saved is None:
-                plan = plan_parts(total, self.settings)
+                plan = self.source.plan(total, self.settings)
                 self.checkpoint = Checkpoint(
-                    plan, self.source.expected_md5, validator=download.validator
+                    plan, self.source.expected_md5, validator=stream.validator
                 )
-            await self._pump(download, md5, start)
+            await self._pump(stream, md5, start)
         except _Stopped:
             done = self.checkpoint if self.checkpoint and self.checkpoint.offset else None
             raise TransferStopped(done) from None
         finally:
-            await download.close()
+            await stream.close()
         return await self._commit(md5)
 
     async def _commit(self, md5: Md5) -> ArchiveResult:
@@ -168,10 +170,11 @@ class Transfer:
 
     # -- streaming -------------------------------------------------------------------------
 
-    async def _pump(self, download: Download, md5: Md5, start: int) -> None:
-        """Download every part from ``start``; each goes on to :meth:`_finish_part`."""
+    async def _pump(self, stream: ByteStream, md5: Md5, start: int) -> None:
+        """Read every part from ``start``; each goes on to :meth:`_finish_part`."""
         assert self.checkpoint is not None
         plan = self.checkpoint.plan
+        open_ended = isinstance(stream, OpenEnded)
         loop = asyncio.get_running_loop()
         self.buffers = buffers = PartBuffers(
             min(plan.part_size, plan.total), buffer_count(plan.part_size, self.settings)
@@ -183,18 +186,44 @@ class Transfer:
                     raise _Stopped
                 buffer = await self._until_stopped(buffers.take())
                 view = memoryview(buffer)[: part.size]
-                if await self._until_stopped(download.readinto(view)) != part.size:
-                    raise TransferError("the download ended before its Content-Length")
+                got = await self._until_stopped(stream.readinto(view))
+                last: Part | None = None
+                if got != part.size:
+                    if not open_ended:
+                        raise TransferError("the download ended before its Content-Length")
+                    last = self._ends_at(part, got)
+                    if last is None:
+                        buffers.give_back(buffer)
+                        break
+                    part, view = last, view[:got]
                 chain = loop.run_in_executor(self.chain_pool, _extend_chain, md5, view)
                 task = loop.create_task(self._finish_part(part, buffer, view, chain))
                 tasks.add(task)
                 task.add_done_callback(self._part_done(tasks))
+                if last is not None:
+                    break
+            else:
+                if open_ended:
+                    more: int = await self._until_stopped(stream.readinto(memoryview(bytearray(1))))
+                    if more:
+                        raise TransferError("the stream is longer than the bound it stated")
         finally:
             # Parts in flight land (or fail) before anything is aborted or checkpointed.
             if tasks:
                 await asyncio.wait(set(tasks))
         if self.errors:
             raise self.errors[0]
+
+    def _ends_at(self, part: Part, got: int) -> Part | None:
+        """An open-ended stream ended ``got`` bytes into ``part``: cut the plan there and
+        return the last part (``None`` when it ended at the part's start)."""
+        assert self.checkpoint is not None
+        plan = self.checkpoint.plan
+        total = part.offset + got
+        if total == 0:
+            raise TransferError("the stream is empty (0 bytes)")
+        self.checkpoint.plan = PartPlan(total, plan.part_size, plan.segment_size)
+        return self.checkpoint.plan.part(part.index) if got else None
 
     def _part_done(self, tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
@@ -295,20 +324,8 @@ class Transfer:
         async with self.upload_lock:
             if segment not in checkpoint.segments:
                 source, plan = self.source, checkpoint.plan
-                key = self.store.image_key(
-                    source.provider, source.zone, source.snapshot_id, segment, plan.segment_count
-                )
-                metadata = {
-                    "source-md5": source.expected_md5,
-                    "provider": source.provider,
-                    "zone": source.zone,
-                    "snapshot-id": source.snapshot_id,
-                    "image-size": str(plan.total),
-                    "segment": f"{segment + 1}/{plan.segment_count}",
-                    "segment-offset": str(plan.segment(segment).offset),
-                    "part-size": str(plan.part_size),
-                    "tool-version": worker.__version__,
-                }
+                key = source.object_key(self.store, segment, plan.segment_count)
+                metadata = source.object_metadata(plan, segment)
                 upload_id = await self.store.create_upload(key, metadata)
                 checkpoint.segments[segment] = SegmentUpload(key, upload_id)
                 self.etag_hashes[segment] = hashlib.md5()
@@ -333,6 +350,8 @@ class Transfer:
                 checkpoint.md5_state = self.states.pop(index)
                 checkpoint.offset = part.end
                 passed.append(index)
+            if passed and isinstance(self.stream, OpenEnded):
+                checkpoint.source_state = self.stream.resume_state(checkpoint.offset)
             if passed and self.on_checkpoint is not None:
                 await self.on_checkpoint(checkpoint)
             for index in passed:

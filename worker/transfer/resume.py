@@ -33,7 +33,7 @@ from worker.transfer.checkpoint import (
     SegmentUpload,
     etags_digest,
 )
-from worker.transfer.source import ExportSource
+from worker.transfer.source import Scope, TransferSource, archive_scope
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ class Resumption:
     etag_hashes: dict[int, Any] = field(default_factory=dict)
 
 
-async def adopt(store: ArchiveStore, source: ExportSource, saved: Checkpoint) -> Resumption | None:
+async def adopt(
+    store: ArchiveStore, source: TransferSource, saved: Checkpoint
+) -> Resumption | None:
     """Check ``saved`` against the store; return how to go on, or ``None`` to start over
     (the export changed, the checkpoint does not add up, or the store contradicts it)."""
     name = str(source.archive)
@@ -112,7 +114,7 @@ def restore_md5(saved: Checkpoint, name: str) -> Md5 | None:
 
 async def _adopt_segment(
     store: ArchiveStore,
-    source: ExportSource,
+    source: TransferSource,
     resumption: Resumption,
     index: int,
     upload: SegmentUpload,
@@ -121,10 +123,7 @@ async def _adopt_segment(
     """Adopt one segment's upload or object; return why it cannot be, or ``None``."""
     plan = resumption.checkpoint.plan
     span = plan.segment(index)
-    ids = source.archive
-    if upload.key != store.image_key(
-        ids.provider, ids.zone, ids.snapshot_id, index, plan.segment_count
-    ):
+    if upload.key != source.object_key(store, index, plan.segment_count):
         return "the checkpoint names a foreign key"
     if upload.state == COMPLETED:
         return None if await object_holds(store, upload, span) else "a completed object changed"
@@ -172,27 +171,35 @@ async def object_holds(store: ArchiveStore, upload: SegmentUpload, span: Segment
 
 
 async def clear_leftovers(
-    store: ArchiveStore, archive: ArchiveId, saved: Checkpoint | None
+    store: ArchiveStore, archive: ArchiveId, saved: Checkpoint | None, scope: Scope | None = None
 ) -> None:
     """Remove what a lost run of this archive left: uploads no checkpoint knows, and image
     objects completed by a commit that never wrote the manifest.
 
+    Parameters:
+      scope: Where the transfer's uploads and objects are (default: the archive's own).
+
     Raises:
       ArchiveExists: A manifest appeared meanwhile (nothing was deleted).
     """
+    scope = scope or archive_scope(store, archive)
     known = {upload.upload_id for upload in saved.segments.values()} if saved else set()
-    prefix = store.archive_prefix(archive.provider, archive.zone, archive.snapshot_id)
-    for upload in await store.list_open_uploads(prefix):
+    for upload in await store.list_open_uploads(scope.uploads):
         if upload.upload_id not in known:
             log.info("%s: aborting a stray upload of %s", archive, upload.key)
             await store.abort_upload(upload.key, upload.upload_id)
     ours = set(saved.completed_keys()) if saved else set()
-    leftovers = [k for k in await store.list_image_keys(prefix) if k not in ours]
-    await delete_unless_archived(store, archive, leftovers)
+    leftovers = [
+        k for k in await store.list_keys(scope.uploads) if scope.objects(k) and k not in ours
+    ]
+    await delete_unless_archived(store, archive, leftovers, scope)
 
 
 async def discard_transfer(
-    store: ArchiveStore, archive: ArchiveId, checkpoint: Checkpoint | None
+    store: ArchiveStore,
+    archive: ArchiveId,
+    checkpoint: Checkpoint | None,
+    scope: Scope | None = None,
 ) -> None:
     """Drop what a transfer left: abort its multipart uploads (the ones of ``checkpoint``
     and any other open one under the archive's prefix, for a checkpoint that is lost or
@@ -200,22 +207,27 @@ async def discard_transfer(
     now exists. Best effort: failures are logged, ``gc`` sweeps later.
 
     Only call it while holding the archive's lease: the uploads under the prefix are then
-    this transfer's own.
+    this transfer's own. ``scope`` says where they are (default: the archive's own).
     """
-    prefix = store.archive_prefix(archive.provider, archive.zone, archive.snapshot_id)
+    scope = scope or archive_scope(store, archive)
     try:
         uploads = set(checkpoint.open_uploads()) if checkpoint else set()
-        uploads.update((u.key, u.upload_id) for u in await store.list_open_uploads(prefix))
+        uploads.update(
+            (u.key, u.upload_id) for u in await store.list_open_uploads(scope.uploads)
+        )
         for key, upload_id in sorted(uploads):
             await store.abort_upload(key, upload_id)
         if checkpoint is not None:
-            await delete_unless_archived(store, archive, checkpoint.completed_keys())
+            await delete_unless_archived(store, archive, checkpoint.completed_keys(), scope)
     except SnaparchiveError as error:
         log.error("%s: cannot drop what the transfer left (gc will): %s", archive, error)
 
 
-async def delete_unless_archived(store: ArchiveStore, archive: ArchiveId, keys: list[str]) -> None:
-    """Delete image objects of an archive that has no manifest.
+async def delete_unless_archived(
+    store: ArchiveStore, archive: ArchiveId, keys: list[str], scope: Scope | None = None
+) -> None:
+    """Delete image objects of an archive that has no manifest (``scope``'s manifest: by
+    default the archive's own).
 
     Raises:
       ArchiveExists: An object is at the manifest key: the objects may be an archive's, and
@@ -223,7 +235,7 @@ async def delete_unless_archived(store: ArchiveStore, archive: ArchiveId, keys: 
     """
     if not keys:
         return
-    manifest_key = store.manifest_key(archive.provider, archive.zone, archive.snapshot_id)
+    manifest_key = (scope or archive_scope(store, archive)).manifest
     # Looked at right before deleting: a run that committed meanwhile keeps its archive.
     if await store.exists(manifest_key):
         raise ArchiveExists(manifest_key)

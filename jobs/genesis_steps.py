@@ -1,0 +1,382 @@
+"""The steps of a Genesis Cloud restore of an archived Exoscale snapshot.
+
+    genesis_convert ──▶ genesis_create ──▶ genesis_await ──(again after a delay)──▶ done
+
+1. ``genesis_convert``: the archive's qcow2 image becomes ``image.raw.zst`` beside it
+   (:func:`worker.convert.convert_archive`), under the job's lease, checkpointed after every
+   part and resumed like an archive transfer (slices, shutdown, cancel); a verified one is
+   reused.
+2. ``genesis_create``: ``POST /compute/v1/snapshots`` with a presigned URL of that object,
+   made right there and sent nowhere else (never logged, stored or put in a message), valid
+   :data:`URL_TTL` seconds; ``size`` is the raw size in GiB rounded up.
+3. ``genesis_await``: the snapshot is looked at on the polling schedule of exports until it
+   is ``created`` (done) or ``error`` (failed), for at most :data:`CREATE_TIMEOUT` seconds.
+
+Restore jobs live in a job store of their own (``{SNAPARCHIVE_QUEUE}:genesis``: records,
+leases and checkpoints keyed by the source zone and snapshot id, apart from archive jobs);
+messages carry the zone, the snapshot id, the region and the name. Like :mod:`jobs.steps`,
+each step is short and idempotent, and says what comes next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.context import Context
+from jobs.local import LOCAL_RETRIES
+from jobs.steps import RESUME_PAUSE, Next, load_checkpoint, run_token
+from jobs.watch import LEASE_MARGIN, TransferWatch
+from worker.convert import RawImage, convert_archive, find_raw_image
+from worker.convert.manifest import raw_manifest_key
+from worker.convert.source import conversion_scope
+from worker.errors import ApiError, NotFound, OperationTimeout, describe, is_permanent
+from worker.jobstore import STORE_UNREACHABLE, JobRecord, RedisJobStore, Step
+from worker.manifest import ArchiveId, Manifest
+from worker.polling import poll_interval
+from worker.providers.genesiscloud import GenesisCloud
+from worker.retry import RetryPolicy
+from worker.settings import Settings
+from worker.transfer import TransferStopped, discard_transfer
+from worker.units import GiB
+
+logger = logging.getLogger(__name__)
+
+#: The archives restored (Exoscale's), and the cloud they are restored to.
+PROVIDER = "exoscale"
+TARGET = "genesiscloud"
+#: Seconds the presigned URL handed to Genesis stays valid (its import reads it meanwhile).
+URL_TTL = 12 * 3600
+#: Seconds a Genesis snapshot may stay ``creating`` before the job fails.
+CREATE_TIMEOUT = 6 * 3600
+#: Seconds a cleanup holds the lease.
+CLEANUP_LEASE = 300.0
+
+
+class SnapshotFailed(ApiError):
+    """Genesis Cloud's snapshot ended in ``error`` (permanent)."""
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """Where the snapshot goes: Genesis ``region`` and snapshot ``name`` (and ``os_type``)."""
+
+    region: str
+    name: str
+    os_type: str | None = None
+
+    def args(self) -> tuple[str, str, str | None]:
+        """The message arguments after the zone and the snapshot id."""
+        return (self.region, self.name, self.os_type)
+
+    @classmethod
+    def from_args(cls, *args: str | None) -> RestoreRequest:
+        """The request :meth:`args` made message arguments of."""
+        region, name, os_type = [*args, None, None, None][:3]
+        if not region or not name:
+            raise ValueError("a restore message needs a region and a name")
+        return cls(region, name, os_type)
+
+
+RestoreStep = Callable[[Context, str, str, RestoreRequest], Awaitable[Next | None]]
+
+
+def restore_store(settings: Settings) -> RedisJobStore:
+    """The shared store of restore jobs: Redis at ``SNAPARCHIVE_REDIS_URL``, under
+    ``{SNAPARCHIVE_QUEUE}:genesis``."""
+    return RedisJobStore(settings.redis_url, namespace=f"{settings.queue}:genesis")
+
+
+_contexts: dict[int, Context] = {}
+
+
+def restore_context(ctx: Context) -> Context:
+    """The worker's context with the restore job store in place of the archive one (made once
+    per context)."""
+    found = _contexts.get(id(ctx))
+    if found is None:
+        found = _contexts[id(ctx)] = dataclasses.replace(ctx, store=restore_store(ctx.settings))
+    return found
+
+
+def size_gib(raw_size: int) -> int:
+    """Genesis' ``size``: the uncompressed image in GiB, rounded up, at least 1."""
+    return max(1, math.ceil(raw_size / GiB))
+
+
+def outcome(
+    ctx: Context,
+    zone: str,
+    snapshot_id: str,
+    request: RestoreRequest,
+    image: RawImage,
+    genesis_id: str | None,
+    status: str,
+) -> dict[str, Any]:
+    """The job's result (what ``restore --json`` prints, plus the fields every job result
+    has: ``bucket``, ``manifest``, ``md5``, ``size``, ``objects``)."""
+    return {
+        "provider": TARGET,
+        "region": request.region,
+        "snapshot_id": genesis_id,
+        "name": request.name,
+        "status": status,
+        "raw_size": image.raw_size,
+        "raw_md5": image.raw_md5,
+        "source": {"zone": zone, "snapshot_id": snapshot_id, "manifest": image.source.manifest},
+        "bucket": ctx.archive.bucket,
+        "manifest": raw_manifest_key(ctx.archive, image.archive),
+        "md5": image.raw_md5,
+        "size": image.raw_size,
+        "objects": [{"key": image.zstd_key, "size": image.zstd_size, "etag": image.zstd_etag}],
+    }
+
+
+async def _active(ctx: Context, zone: str, snapshot_id: str) -> JobRecord | None:
+    job = await ctx.store.get(zone, snapshot_id)
+    if job is None or not job.active:
+        return None
+    if job.cancel_requested:
+        await _cleanup(ctx, zone, snapshot_id, Step.CANCELLED, "cancelled by operator")
+        return None
+    return job
+
+
+async def _archive(ctx: Context, zone: str, snapshot_id: str) -> Manifest:
+    manifest = await ctx.archive.find_archive(PROVIDER, zone, snapshot_id)
+    if manifest is None:
+        raise NotFound(
+            f"no verified archive of {zone}/{snapshot_id} in "
+            f"s3://{ctx.archive.bucket}/{ctx.archive.prefix}"
+        )
+    return manifest
+
+
+def _genesis() -> GenesisCloud:
+    return GenesisCloud.from_env(os.environ)
+
+
+async def genesis_convert(
+    ctx: Context, zone: str, snapshot_id: str, request: RestoreRequest
+) -> Next | None:
+    """Convert the archive to ``image.raw.zst`` (or find it converted), resuming from the
+    checkpoint."""
+    if await _active(ctx, zone, snapshot_id) is None:
+        return None
+    manifest = await _archive(ctx, zone, snapshot_id)
+    owner, leased_at = run_token(ctx), time.monotonic()
+    ttl = ctx.settings.lease_ttl
+    if not await ctx.store.acquire_lease(zone, snapshot_id, owner, ttl):
+        left = await ctx.store.lease_left(zone, snapshot_id)
+        return Next("genesis_convert", min(ttl, left + LEASE_MARGIN))
+    try:
+        await ctx.store.update(zone, snapshot_id, step=Step.TRANSFERRING)
+        saved = await load_checkpoint(ctx.store, zone, snapshot_id)
+        watch = TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
+        try:
+            image = await convert_archive(
+                ctx.archive,
+                manifest,
+                ctx.settings.transfer,
+                ctx.archive.client,
+                checkpoint=saved,
+                on_checkpoint=watch.checkpoint,
+                on_progress=watch.progress,
+                stop=watch.stop,
+            )
+        except TransferStopped:
+            await watch.close()
+            if watch.cancelled:
+                await _cleanup(
+                    ctx, zone, snapshot_id, Step.CANCELLED, "cancelled by operator", owner
+                )
+                return None
+            return Next("genesis_convert", LEASE_MARGIN if watch.lease_lost else 0.0)
+        except Exception as error:
+            await watch.close(save=not is_permanent(error))
+            if is_permanent(error) or not watch.progressed:
+                raise
+            logger.warning(
+                "%s/%s: %s; going on from the checkpoint", zone, snapshot_id, describe(error)
+            )
+            return Next("genesis_convert", RESUME_PAUSE)
+        except BaseException:
+            await watch.close()
+            raise
+        await watch.close(save=False)
+        await ctx.store.clear_checkpoint(zone, snapshot_id)
+        await ctx.store.update(
+            zone,
+            snapshot_id,
+            bytes_done=image.raw_size,
+            bytes_total=image.raw_size,
+            result=outcome(ctx, zone, snapshot_id, request, image, None, "converted"),
+        )
+        return Next("genesis_create")
+    finally:
+        try:
+            await ctx.store.release_lease(zone, snapshot_id, owner)
+        except STORE_UNREACHABLE as error:
+            logger.warning("%s/%s: cannot release the lease: %s", zone, snapshot_id, error)
+
+
+async def genesis_create(
+    ctx: Context, zone: str, snapshot_id: str, request: RestoreRequest
+) -> Next | None:
+    """Ask Genesis Cloud to create the snapshot from a presigned URL of ``image.raw.zst``."""
+    job = await _active(ctx, zone, snapshot_id)
+    if job is None:
+        return None
+    if job.operation_id:
+        return Next("genesis_await")  # a message sent again: the snapshot is asked for
+    manifest = await _archive(ctx, zone, snapshot_id)
+    image = await find_raw_image(ctx.archive, manifest)
+    if image is None:
+        return Next("genesis_convert")  # gone meanwhile: make it again
+    async with _genesis() as genesis:
+        assert isinstance(genesis, GenesisCloud)
+        url = await asyncio.to_thread(
+            ctx.archive.client.generate_presigned_url,
+            "get_object",
+            Params={"Bucket": ctx.archive.bucket, "Key": image.zstd_key},
+            ExpiresIn=URL_TTL,
+        )
+        created = await genesis.create_snapshot(
+            request.name, request.region, size_gib(image.raw_size), url, request.os_type
+        )
+        del url
+    logger.info(
+        "%s/%s: Genesis Cloud snapshot %s is %s", zone, snapshot_id, created.id, created.raw_status
+    )
+    await ctx.store.update(
+        zone,
+        snapshot_id,
+        step=Step.AWAITING_PROVIDER,
+        operation_id=created.id,
+        wait_started_at=time.time(),
+        result=outcome(ctx, zone, snapshot_id, request, image, created.id, "creating"),
+    )
+    return Next("genesis_await", poll_interval(0))
+
+
+async def genesis_await(
+    ctx: Context, zone: str, snapshot_id: str, request: RestoreRequest
+) -> Next | None:
+    """Look at the Genesis snapshot once: done when ``created``, failed on ``error``."""
+    job = await _active(ctx, zone, snapshot_id)
+    if job is None:
+        return None
+    assert job.operation_id, "genesis_await needs the snapshot genesis_create asked for"
+    elapsed = time.time() - (job.wait_started_at or time.time())
+    async with _genesis() as genesis:
+        assert isinstance(genesis, GenesisCloud)
+        snapshot = await genesis.get_snapshot(job.operation_id)
+    status = (snapshot.raw_status or "").lower()
+    result = {**(job.result or {}), "status": status}
+    if status == "created":
+        await ctx.store.update(zone, snapshot_id, step=Step.DONE, result=result, error=None)
+        return None
+    if snapshot.status == "error":
+        raise SnapshotFailed(
+            f"genesiscloud: snapshot {snapshot.id} ({request.name}) in {request.region} "
+            f"ended in {status}"
+        )
+    if elapsed > CREATE_TIMEOUT:
+        raise OperationTimeout(
+            f"genesiscloud: snapshot {snapshot.id} still {status} after {elapsed:.0f}s"
+        )
+    await ctx.store.update(zone, snapshot_id, result=result)
+    return Next("genesis_await", poll_interval(elapsed))
+
+
+STEPS: dict[str, RestoreStep] = {
+    "genesis_convert": genesis_convert,
+    "genesis_create": genesis_create,
+    "genesis_await": genesis_await,
+}
+
+
+async def _cleanup(
+    ctx: Context, zone: str, snapshot_id: str, step: Step, reason: str, owner: str | None = None
+) -> None:
+    """Drop what the conversion left (under the lease), then end the job as ``step``."""
+    owner = owner or run_token(ctx)
+    if await ctx.store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE):
+        try:
+            checkpoint = await load_checkpoint(ctx.store, zone, snapshot_id)
+            archive = ArchiveId(PROVIDER, zone, snapshot_id)
+            scope = conversion_scope(ctx.archive, archive)
+            await discard_transfer(ctx.archive, archive, checkpoint, scope)
+            await ctx.store.clear_checkpoint(zone, snapshot_id)
+        finally:
+            await ctx.store.release_lease(zone, snapshot_id, owner)
+    await ctx.store.update(zone, snapshot_id, step=step, error=reason)
+
+
+async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) -> None:
+    """End a restore job as failed with a one-line reason; drop what its conversion left."""
+    reason = describe(error)
+    logger.error("restore %s/%s to Genesis Cloud failed: %s", zone, snapshot_id, reason)
+    await _cleanup(ctx, zone, snapshot_id, Step.FAILED, reason)
+
+
+async def run_step(
+    ctx: Context,
+    name: str,
+    zone: str,
+    snapshot_id: str,
+    request: RestoreRequest,
+    last_try: bool,
+    store_answers: Callable[[Context], Awaitable[None]],
+) -> Next | None:
+    """Run one step for a Dramatiq actor: a permanent error, or any on the last try, fails
+    the job; others are raised for a retry (``store_answers`` waits for a store that is away,
+    as the archive actors do)."""
+    try:
+        following = await STEPS[name](ctx, zone, snapshot_id, request)
+    except Exception as error:
+        await store_answers(ctx)
+        if is_permanent(error) or last_try:
+            await fail(ctx, zone, snapshot_id, error)
+            return None
+        raise
+    if following is not None:
+        await store_answers(ctx)
+    return following
+
+
+async def run_restore(
+    ctx: Context,
+    zone: str,
+    snapshot_id: str,
+    request: RestoreRequest,
+    retry: RetryPolicy = LOCAL_RETRIES,
+) -> None:
+    """Drive a claimed restore job in this process to its end (``restore --local``)."""
+    step: str | None = "genesis_convert"
+    failures = 0
+    while step is not None:
+        try:
+            following = await STEPS[step](ctx, zone, snapshot_id, request)
+        except Exception as error:
+            failures += 1
+            if is_permanent(error) or failures >= retry.attempts:
+                await fail(ctx, zone, snapshot_id, error)
+                return
+            pause = retry.delay(failures, getattr(error, "retry_after", None))
+            logger.warning("%s: %s; trying again in %.0fs", step, describe(error), pause)
+            await asyncio.sleep(pause)
+            continue
+        failures = 0
+        if following is None or ctx.shutdown.is_set():
+            return
+        await asyncio.sleep(following.delay)
+        step = following.step
+

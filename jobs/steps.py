@@ -25,6 +25,7 @@ from worker.errors import (
     OperationTimeout,
     SnapshotNotExportable,
     describe,
+    error_kind,
     is_permanent,
 )
 from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
@@ -314,4 +315,6 @@ async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) 
             await discard_job_transfer(ctx.store, ctx.archive, zone, snapshot_id)
         finally:
             await ctx.store.release_lease(zone, snapshot_id, owner)
-    await ctx.store.update(zone, snapshot_id, step=Step.FAILED, error=reason)
+    await ctx.store.update(
+        zone, snapshot_id, step=Step.FAILED, error=reason, error_kind=error_kind(error)
+    )

@@ -1,7 +1,8 @@
 """The ``snaparchive`` command line.
 
-Exit status: 0 success; 1 the work failed (one line on stderr naming the cause);
-2 usage or configuration errors (an unknown zone, a malformed id, a missing variable).
+Exit status (:mod:`worker.errors`): 0 success; 1 the work failed (one line on stderr naming the
+cause); 2 usage or configuration errors (an unknown zone, a malformed id, a missing variable);
+3 verification failed (bad data: an MD5 mismatch, a store corrupting parts); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ import redis.exceptions
 from dramatiq.errors import BrokerError
 
 from worker import __version__
-from worker.errors import ConfigError, SnaparchiveError
+from worker.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    EXIT_VERIFICATION,
+    SnaparchiveError,
+    exit_status,
+)
+
+#: What the one line on stderr calls a failure, by exit status.
+_LABELS = {EXIT_USAGE: "configuration error", EXIT_VERIFICATION: "verification failed"}
 
 #: Subcommand → (module with add_arguments/run, help).
 COMMANDS = {
@@ -85,18 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.run(args)
-    except ConfigError as error:
-        print(f"snaparchive: configuration error: {error}", file=sys.stderr)
-        return 2
     except SnaparchiveError as error:
-        print(f"snaparchive: error: {error}", file=sys.stderr)
-        return 1
+        status = exit_status(error)
+        print(f"snaparchive: {_LABELS.get(status, 'error')}: {error}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("snaparchive: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (OSError, redis.exceptions.ConnectionError, BrokerError) as error:
         print(f"snaparchive: error: cannot connect: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from typing import Any
 
 import dramatiq
@@ -26,6 +27,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from jobs.context import Context
 from jobs.steps import STEPS, Next, fail
+from worker import logs
 from worker import settings as settings_module
 from worker.broker import make_broker, safe_traceback
 from worker.errors import SnaparchiveError, describe
@@ -73,9 +75,15 @@ async def _get_context() -> Context:
 
 
 class ContextLifecycle(Middleware):
-    """Learns the worker's thread count at boot (the archive store's threads are sized for
+    """Sets up the worker process's logging (``SNAPARCHIVE_LOG_FORMAT``, secrets masked),
+    learns the worker's thread count at boot (the archive store's threads are sized for
     that many transfers), warns when the MD5 state cannot be saved, tells running transfers
     to checkpoint at shutdown, then closes the context."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        # Dramatiq pointed stderr at its pipe to the main process, which writes the lines out.
+        level = logging.getLogger().getEffectiveLevel()
+        logs.setup(level, stream=sys.stderr, text_format=logs.WORKER_TEXT_FORMAT, replace=True)
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         global _worker_threads
@@ -116,22 +124,28 @@ async def _until_store_answers(ctx: Context) -> None:
 
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
-    try:
-        following = await STEPS[name](ctx, zone, snapshot_id)
-    except Exception as error:
-        await _until_store_answers(ctx)
-        permanent = isinstance(error, SnaparchiveError) and error.permanent
-        if permanent or last_try:
-            await fail(ctx, zone, snapshot_id, error)
-            return None
-        raise
-    if following is not None:
-        # Its message may go to a broker that is this very Redis.
-        await _until_store_answers(ctx)
-    return following
+    with logs.job_context(zone, snapshot_id, name):
+        try:
+            following = await STEPS[name](ctx, zone, snapshot_id)
+        except Exception as error:
+            await _until_store_answers(ctx)
+            permanent = isinstance(error, SnaparchiveError) and error.permanent
+            if permanent or last_try:
+                await fail(ctx, zone, snapshot_id, error)
+                return None
+            raise
+        if following is not None:
+            # Its message may go to a broker that is this very Redis.
+            await _until_store_answers(ctx)
+        return following
 
 
 def _drive(name: str, zone: str, snapshot_id: str) -> None:
+    with logs.job_context(zone, snapshot_id, name):
+        _drive_step(name, zone, snapshot_id)
+
+
+def _drive_step(name: str, zone: str, snapshot_id: str) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     try:

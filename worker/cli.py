@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import redis.exceptions
 from dramatiq.errors import BrokerError
 
-from worker import __version__
+from worker import __version__, logs
 from worker.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -28,6 +28,8 @@ from worker.errors import (
 
 #: What the one line on stderr calls a failure, by exit status.
 _LABELS = {EXIT_USAGE: "configuration error", EXIT_VERIFICATION: "verification failed"}
+#: Log levels by ``-v`` count.
+_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
 #: Subcommand → (module with add_arguments/run, help).
 COMMANDS = {
@@ -66,7 +68,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Export Exoscale snapshots, verify them while streaming, archive them to S3.",
     )
     parser.add_argument("--version", action="version", version=f"snaparchive {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-vv: debug)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -90,11 +94,8 @@ def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        logs.setup(_LEVELS[min(args.verbose, len(_LEVELS) - 1)])
         return args.run(args)
     except SnaparchiveError as error:
         status = exit_status(error)

@@ -92,6 +92,20 @@ def test_a_download_the_server_keeps_refusing_exits_1(env, simulator, snapshot_i
     assert _one_line(done.stderr).startswith("snaparchive: error: download from 127.0.0.1")
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SNAPARCHIVE_LOG_FORMAT", "xml", "SNAPARCHIVE_LOG_FORMAT: text or json, not 'xml'"),
+        ("SNAPARCHIVE_LEASE_TTL", "5", "SNAPARCHIVE_LEASE_TTL: must be at least 11, got 5"),
+    ],
+)
+def test_bad_configuration_exits_2_naming_the_variable(env, snapshot_id, variable, value, message):
+    for argv in (["archive", snapshot_id, "--zone", ZONE, "--local"], ["worker"]):
+        done = cli({**env, variable: value}, *argv, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert _one_line(done.stderr) == f"snaparchive: configuration error: {message}"
+
+
 def _interrupt(argv: list[str], env: dict[str, str], ready) -> subprocess.CompletedProcess:
     """Run ``snaparchive ARGV``, send SIGINT once ``ready()``, return how it ended."""
     process = subprocess.Popen(

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator
 
 from worker import argtypes as types
+from worker import logs
 from worker.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from worker.settings import load
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     settings.exoscale.require_credentials()
     settings.s3.require_bucket()
     # A worker logs what it does (INFO) unless asked for more; its processes inherit this.
-    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    logs.setup(level, text_format=logs.WORKER_TEXT_FORMAT)
     # Hours-long jobs: prefetch no more than the threads can run, or a busy worker would
     # sit on messages an idle one could take (dramatiq #183).
     os.environ["dramatiq_queue_prefetch"] = str(args.threads)  # noqa: SIM112 (its real name)
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         "--worker-shutdown-timeout",
         str(args.shutdown_timeout * 1000),
     ]
+    if args.verbose:
+        argv.append("--verbose")
     return run_dramatiq(argv)
 
 

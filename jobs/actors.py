@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from typing import Any
 
 import dramatiq
@@ -27,11 +28,11 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from jobs.context import Context
 from jobs.steps import STEPS, Next, fail
-from worker import logs
+from worker import logs, metrics
 from worker import settings as settings_module
 from worker.broker import make_broker, safe_traceback
 from worker.errors import SnaparchiveError, describe
-from worker.jobstore import RedisJobStore
+from worker.jobstore import STORE_UNREACHABLE, RedisJobStore
 from worker.md5state import resumable_available
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,20 @@ async def _until_store_answers(ctx: Context) -> None:
         pause = min(pause * 2, STORE_WAIT_MAX)
 
 
+async def _count_end(ctx: Context, zone: str, snapshot_id: str, started: float) -> None:
+    """Count the job in the metrics if this step ended it (a stale message finds it ended
+    before the step started)."""
+    try:
+        record = await ctx.store.get(zone, snapshot_id)
+    except STORE_UNREACHABLE:
+        return
+    if record is not None and not record.active and record.updated_at >= started:
+        metrics.job_ended("archive", record)
+
+
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
+    started = time.time()
     with logs.job_context(zone, snapshot_id, name):
         try:
             following = await STEPS[name](ctx, zone, snapshot_id)
@@ -132,9 +145,12 @@ async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> N
             permanent = isinstance(error, SnaparchiveError) and error.permanent
             if permanent or last_try:
                 await fail(ctx, zone, snapshot_id, error)
+                await _count_end(ctx, zone, snapshot_id, started)
                 return None
             raise
-        if following is not None:
+        if following is None:
+            await _count_end(ctx, zone, snapshot_id, started)
+        else:
             # Its message may go to a broker that is this very Redis.
             await _until_store_answers(ctx)
         return following
@@ -167,7 +183,10 @@ def _drive_step(name: str, zone: str, snapshot_id: str) -> None:
 
 _settings = settings_module.load()
 broker = make_broker(
-    _settings.broker_url, ContextLifecycle(), heartbeat_timeout=_settings.heartbeat_timeout
+    _settings.broker_url,
+    ContextLifecycle(),
+    *metrics.dramatiq_middleware(),
+    heartbeat_timeout=_settings.heartbeat_timeout,
 )
 _options: dict[str, Any] = {
     "queue_name": _settings.queue,

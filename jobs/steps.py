@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from jobs.context import Context
 from jobs.watch import LEASE_MARGIN, TransferWatch
+from worker import metrics
 from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
@@ -206,7 +207,10 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
                 ctx.settings.transfer,
                 checkpoint=saved,
                 on_checkpoint=watch.checkpoint,
-                on_progress=watch.progress,
+                # Progress past what earlier runs downloaded; what they had is read again.
+                on_progress=metrics.RereadMeter(
+                    watch.progress, saved.offset if saved else 0, job.bytes_done
+                ),
                 stop=watch.stop,
             )
         except TransferStopped:
@@ -249,6 +253,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
             raise
         else:
             await watch.close()
+            metrics.archived(zone, snapshot.instance_id, result.size, snapshot.created_at)
         await _finish(ctx, zone, snapshot_id, result)
         return None
     finally:

@@ -68,6 +68,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (1-65535), or ``None`` when the variable is unset or empty."""
+    if not env.get(name):
+        return None
+    port = _int(env, name, 0)
+    if port > 65535:
+        raise ConfigError(f"{name}: a port number is at most 65535, got {port}")
+    return port
+
+
 def _host_patterns(env: Mapping[str, str]) -> tuple[str, ...]:
     """``SNAPARCHIVE_ALLOWED_DOWNLOAD_HOSTS`` as patterns; a value that names no host, or a
     pattern that is a URL rather than a host, is refused (it would refuse every download)."""
@@ -203,7 +213,8 @@ class Settings:
     ``SNAPARCHIVE_HEARTBEAT_TIMEOUT`` (seconds after which a silent Redis-broker worker counts
     as dead and its messages go back to the queue, default 60), ``SNAPARCHIVE_QUEUE`` (the
     Dramatiq queue of every actor and the prefix of the job store's keys, default
-    ``snaparchive``: separate environments can share one broker and one Redis).
+    ``snaparchive``: separate environments can share one broker and one Redis),
+    ``SNAPARCHIVE_METRICS_PORT`` (where ``worker`` serves Prometheus metrics; default none).
     """
 
     exoscale: ExoscaleSettings = field(default_factory=ExoscaleSettings)
@@ -216,6 +227,7 @@ class Settings:
     transfer_slice: int = 1200
     heartbeat_timeout: int = 60
     queue: str = "snaparchive"
+    metrics_port: int | None = None
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -239,4 +251,5 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         transfer_slice=_int(env, "SNAPARCHIVE_TRANSFER_SLICE", 1200),
         heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", 60),
         queue=queue,
+        metrics_port=_port(env, "SNAPARCHIVE_METRICS_PORT"),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import uuid
 
@@ -96,6 +97,11 @@ def test_a_download_the_server_keeps_refusing_exits_1(env, simulator, snapshot_i
     ("variable", "value", "message"),
     [
         ("SNAPARCHIVE_LOG_FORMAT", "xml", "SNAPARCHIVE_LOG_FORMAT: text or json, not 'xml'"),
+        (
+            "SNAPARCHIVE_METRICS_PORT",
+            "port",
+            "SNAPARCHIVE_METRICS_PORT: not a whole number: 'port'",
+        ),
         ("SNAPARCHIVE_LEASE_TTL", "5", "SNAPARCHIVE_LEASE_TTL: must be at least 11, got 5"),
     ],
 )
@@ -104,6 +110,16 @@ def test_bad_configuration_exits_2_naming_the_variable(env, snapshot_id, variabl
         done = cli({**env, variable: value}, *argv, timeout=60)
         assert done.returncode == 2, done.stderr
         assert _one_line(done.stderr) == f"snaparchive: configuration error: {message}"
+
+
+def test_a_worker_on_a_metrics_port_in_use_exits_2(env):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli(env, "worker", "--metrics-port", str(port), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot listen on port {port}" in _one_line(done.stderr)
 
 
 def _interrupt(argv: list[str], env: dict[str, str], ready) -> subprocess.CompletedProcess:

@@ -1,9 +1,10 @@
 """``snaparchive worker``: Dramatiq worker processes for snaparchive's queue.
 
-Dramatiq's command line runs in this process (its main process forks the workers). Its exit
-statuses are mapped onto snaparchive's: 0 stopped (SIGTERM), 130 interrupted (SIGINT), 2 usage
-or configuration, 1 any other failure (a broker that does not answer at start, a worker process
-that died); never 3, which means bad data.
+Dramatiq's command line runs in this process (its main process forks the workers and, with
+``--metrics-port``, the exporter of :mod:`worker.metrics`). Its exit statuses are mapped onto
+snaparchive's: 0 stopped (SIGTERM), 130 interrupted (SIGINT), 2 usage or configuration, 1 any
+other failure (a broker that does not answer at start, a worker process that died); never 3,
+which means bad data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Iterator
 
 from worker import argtypes as types
-from worker import logs
+from worker import logs, metrics
 from worker.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from worker.settings import load
 
@@ -50,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=60,
         help="seconds a stopping worker waits for jobs to checkpoint (default 60)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=types.whole_number(1, 65535),
+        help="serve Prometheus metrics on this port, one exporter for all the processes "
+        "(default: SNAPARCHIVE_METRICS_PORT; none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +82,18 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.verbose:
         argv.append("--verbose")
-    return run_dramatiq(argv)
+    port = args.metrics_port or settings.metrics_port
+    if port is None:
+        return run_dramatiq(argv)
+    metrics.check_port(port)
+    # Before any process imports prometheus_client: the worker processes write samples there.
+    directory, owned = metrics.multiprocess_directory()
+    os.environ["SNAPARCHIVE_METRICS_PORT"] = str(port)
+    try:
+        return run_dramatiq([*argv, "--fork-function", "worker.metrics:run_exporter"])
+    finally:
+        if owned:
+            metrics.remove_directory(directory)
 
 
 def run_dramatiq(argv: list[str]) -> int:

@@ -66,6 +66,7 @@ def test_local_archive_with_a_wrong_md5_exits_3(
     # The job record says what kind of failure it was.
     record = status_json(env, snapshot_id)
     assert record is not None and record["status"] == "failed"
+    assert record["error_kind"] == "verification"
 
 
 def test_queued_archive_with_a_wrong_md5_exits_3(env, simulator, snapshot_id):

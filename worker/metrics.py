@@ -326,7 +326,12 @@ def serve(port: int, address: str = ADDRESS) -> Callable[[], None]:
     check_port(port, address)
     _metrics()  # our series exist from the first scrape
     server, _ = start_http_server(port, address, registry=_registry())
-    return server.shutdown
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return stop
 
 
 def dramatiq_middleware() -> list[Any]:

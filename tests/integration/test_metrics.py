@@ -21,6 +21,8 @@ from tests.integration.pipeline_env import (
     wait_for,
     worker_process,
 )
+from worker import metrics
+from worker.errors import ConfigError
 from worker.simulator import Faults
 from worker.units import MiB
 
@@ -158,3 +160,17 @@ def test_bytes_read_again_after_a_resume_are_counted(env, simulator, port, tmp_p
     assert downloaded > saved["offset"]
     assert value(samples, "snaparchive_reread_bytes_total") == downloaded - saved["offset"]
     assert value(samples, "snaparchive_archive_bytes_total") == size
+
+
+def test_a_single_process_command_serves_its_own(port):
+    # As the scheduler does: an exporter thread in the process, on a port of its own.
+    stop = metrics.serve(port)
+    try:
+        before = value(scrape(port), "snaparchive_reread_bytes_total")
+        metrics.reread(5)
+        assert value(scrape(port), "snaparchive_reread_bytes_total") == before + 5
+        with pytest.raises(ConfigError, match=f"cannot listen on port {port}"):
+            metrics.serve(port)
+    finally:
+        stop()
+    assert not _answers(port)

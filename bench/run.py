@@ -499,6 +499,7 @@ def _parts(path: Path, event: str) -> set[int]:
 
 def only_recovery(args: argparse.Namespace) -> int:
     """``--only-recovery``: measure the worker kills, rewrite their section of the report."""
+    described = machine.describe()  # the code measured: as it is at the start
     with ImageServer() as server, MotoServer() as moto:
         workdir = Path(tempfile.mkdtemp(prefix="snaparchive-bench-"))
         try:
@@ -508,7 +509,6 @@ def only_recovery(args: argparse.Namespace) -> int:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     old = args.output.read_text() if args.output.exists() else "# Benchmark results\n\n"
-    described = machine.describe()
     note = (
         f"Measured alone (`python -m bench.run --only-recovery`) on {described['date']} at "
         f"commit {described['commit']}, on the machine above."

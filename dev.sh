@@ -95,6 +95,7 @@ case "${1:-}" in
     ;;
   bench)
     setup_python
+    ensure_redis  # the worker kills run on the Redis broker
     # The peers and tools the benchmark compares with; one that cannot be installed is
     # skipped by the benchmark with a note.
     for spec in curl:curl openssl:openssl /usr/bin/time:time rclone:rclone aws:awscli \

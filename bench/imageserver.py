@@ -9,6 +9,9 @@ child's stdin and stdout:
   bytes and answer its ``id``, presigned ``url``, ``md5`` and ``parts``: for each part size
   ``P``, the hex MD5 of every ``P``-byte part (what the null S3 sink answers as ETags);
 - ``{"op": "served", "id": ID}``: answer ``served``, the body bytes sent for it so far.
+- ``{"op": "sending", "id": ID}``: answer ``sending``, its downloads sending a body now.
+- ``{"op": "throttle", "id": ID, "rate": N}``: serve it at ``N`` bytes/s from now on
+  (``null``: at full speed); answer ``{}``.
 
 Run as ``python -m bench.imageserver``; :class:`ImageServer` is the parent's side.
 """
@@ -77,7 +80,7 @@ def _answer(out: TextIO, data: dict[str, Any]) -> None:
 
 def serve(commands: TextIO, out: TextIO) -> None:
     """Run the simulator and answer ``commands`` until they end (see the module docstring)."""
-    from worker.simulator import Simulator  # only the server process needs it
+    from worker.simulator import Faults, Simulator  # only the server process needs them
 
     sim = Simulator(key=KEY, secret=SECRET, seed=0, export_seconds=0)
     with sim.running():
@@ -100,6 +103,12 @@ def serve(commands: TextIO, out: TextIO) -> None:
                 _answer(out, answer)
             elif request["op"] == "served":
                 _answer(out, {"served": sim.bytes_served(request["id"])})
+            elif request["op"] == "sending":
+                _answer(out, {"sending": sim.downloads_sending(request["id"])})
+            elif request["op"] == "throttle":
+                rate = request.get("rate")
+                sim.set_faults(Faults(slow_rate=rate) if rate else None, snapshot_id=request["id"])
+                _answer(out, {})
             else:
                 _answer(out, {"error": f"unknown op {request['op']!r}"})
 
@@ -164,6 +173,15 @@ class ImageServer:
     def served(self, image: Image) -> int:
         """Return the body bytes the server has sent for ``image`` so far."""
         return int(self._ask({"op": "served", "id": image.id})["served"])
+
+    def sending(self, image: Image) -> int:
+        """Return how many downloads of ``image`` are sending a body now (a client gone is
+        noticed when a write fails)."""
+        return int(self._ask({"op": "sending", "id": image.id})["sending"])
+
+    def throttle(self, image: Image, rate: int | None) -> None:
+        """Serve ``image`` at ``rate`` bytes per second from now on (``None``: full speed)."""
+        self._ask({"op": "throttle", "id": image.id, "rate": rate})
 
     def exoscale_settings(self) -> ExoscaleSettings:
         """Settings that point an :class:`ExoscaleClient` at the server's API."""

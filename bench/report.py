@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench import peers
+from bench import peers, recovery
 from bench.results import Measurement, MemoryRun, Results, Resume
 from worker.units import MiB, format_size
 
@@ -382,6 +382,8 @@ def render(results: Results) -> str:
         "`transfer_snapshot` step does after a worker died. Both processes log every UploadPart.",
         "",
         *(_resume(results.resume) if results.resume else ["Not run (`--no-resume`)."]),
+        "",
+        *recovery.section(results.recovery),
         "",
         "## Commands",
         "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.measure import median
+from bench.recovery import Recovery
 
 
 @dataclass
@@ -175,5 +176,6 @@ class Results:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     memory: list[MemoryRun] = field(default_factory=list)
     resume: Resume | None = None
+    recovery: Recovery | None = None
     duration: float = 0.0
     waited: float = 0.0

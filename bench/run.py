@@ -11,11 +11,15 @@ Issue 3's benchmark and issue 5's figure, in one run (see bench/RESULTS.md for t
 - the pipeline's peak RSS for each of ``--sizes`` (default 1 GiB and 8 GiB) and each of
   ``--memory-limits``;
 - a transfer into moto killed (SIGKILL) at half of the image and resumed in a new process
-  from its last checkpoint: bytes downloaded and uploaded again.
+  from its last checkpoint: bytes downloaded and uploaded again;
+- ``snaparchive worker`` killed mid-transfer with another one standing by, ``--recovery-runs``
+  times (default 5), with the default timings: the time from the kill to the new worker's
+  first byte (:mod:`bench.recovery`; needs Redis at 127.0.0.1:6379).
 
 Peers that are not installed are skipped with a note. Nothing is downloaded at run time.
 ``--quick`` runs everything small and once, and writes its report to a temporary file
-unless ``--output`` says otherwise.
+unless ``--output`` says otherwise. ``--only-recovery`` runs the last measurement alone and
+rewrites only its section of the report.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from bench import machine, peers, report
+from bench import machine, peers, recovery, report
 from bench.imageserver import KEY, SECRET, Image, ImageServer
 from bench.measure import Sample, kill_session, run, wait_quiet
 from bench.moto import CREDENTIALS, MotoServer
@@ -72,6 +76,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-peers", action="store_true", help="skip rclone and aws")
     parser.add_argument("--no-resume", action="store_true", help="skip the kill-and-resume run")
+    parser.add_argument("--recovery-runs", type=int, help="kills of a worker (5)")
+    parser.add_argument(
+        "--recovery-size", type=parse_size, help="image of the worker kills (512MiB)"
+    )
+    parser.add_argument("--no-recovery", action="store_true", help="skip the worker kills")
+    parser.add_argument(
+        "--only-recovery",
+        action="store_true",
+        help="run the worker kills alone and rewrite only their section of --output",
+    )
     parser.add_argument("--quick", action="store_true", help="256 MiB images, one run each")
     parser.add_argument("--output", type=Path, help="report path (bench/RESULTS.md)")
     args = parser.parse_args(argv)
@@ -80,6 +94,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.sizes = args.sizes or ([64 * MiB, 256 * MiB] if quick else [GiB, 8 * GiB])
     args.runs = args.runs or (1 if quick else 3)
     args.memory_limits = args.memory_limits or [256 * MiB, 224 * MiB]
+    args.recovery_runs = args.recovery_runs or (2 if quick else 5)
+    args.recovery_size = args.recovery_size or (128 * MiB if quick else 512 * MiB)
     if args.output is None:
         args.output = Path(tempfile.gettempdir()) / "bench-quick.md" if quick else DEFAULT_OUTPUT
     return args
@@ -431,6 +447,14 @@ class Bench:
         figure.second_sent = _parts(logs[1], "start")
         return figure
 
+    def worker_kills(self) -> recovery.Recovery:
+        """Worker kills with a standby worker: time to the new worker's first byte."""
+        log(f"generating the {format_size(self.args.recovery_size)} image of the worker kills")
+        image = self.server.add(self.args.recovery_size)
+        return recovery.measure(
+            self.server, self.moto, image, self.args.recovery_runs, self.workdir
+        )
+
     def _settled_served(self, image: Image) -> int:
         """The server's byte count for ``image`` once it stops moving (a killed client's
         connection takes the server a moment to notice)."""
@@ -473,8 +497,31 @@ def _parts(path: Path, event: str) -> set[int]:
     return numbers
 
 
+def only_recovery(args: argparse.Namespace) -> int:
+    """``--only-recovery``: measure the worker kills, rewrite their section of the report."""
+    described = machine.describe()  # the code measured: as it is at the start
+    with ImageServer() as server, MotoServer() as moto:
+        workdir = Path(tempfile.mkdtemp(prefix="snaparchive-bench-"))
+        try:
+            log(f"generating the {format_size(args.recovery_size)} image of the worker kills")
+            image = server.add(args.recovery_size)
+            found = recovery.measure(server, moto, image, args.recovery_runs, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    old = args.output.read_text() if args.output.exists() else "# Benchmark results\n\n"
+    note = (
+        f"Measured alone (`python -m bench.run --only-recovery`) on {described['date']} at "
+        f"commit {described['commit']}, on the machine above."
+    )
+    args.output.write_text(recovery.splice(old, recovery.section(found, note)))
+    log(f"rewrote the recovery section of {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.only_recovery:
+        return only_recovery(args)
     started = time.monotonic()
     tools = peers.find_tools()
     for name in peers.missing(tools, "rclone", "aws"):
@@ -510,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_resume:
             log("kill at 50 % and resume")
             results.resume = bench.resume()
+        if not args.no_recovery:
+            results.recovery = bench.worker_kills()
     end_commit = machine.describe()["commit"]
     if end_commit != results.machine["commit"]:
         # Every pipeline run imports the engine afresh: the runs measured both versions.

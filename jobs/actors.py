@@ -18,19 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
+import time
 from typing import Any
 
 import dramatiq
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.middleware import CurrentMessage, Middleware
 
-from jobs.chains import CHAIN_OF
+from jobs.chains import ARCHIVE, CHAIN_OF, Chain
 from jobs.context import Context
 from jobs.steps import Next
+from worker import logs, metrics
 from worker import settings as settings_module
 from worker.broker import make_broker, safe_traceback
 from worker.errors import SnaparchiveError, describe
-from worker.jobstore import RedisJobStore
+from worker.jobstore import STORE_UNREACHABLE, RedisJobStore
 from worker.md5state import resumable_available
 
 logger = logging.getLogger(__name__)
@@ -74,9 +77,15 @@ async def _get_context() -> Context:
 
 
 class ContextLifecycle(Middleware):
-    """Learns the worker's thread count at boot (the archive store's threads are sized for
+    """Sets up the worker process's logging (``SNAPARCHIVE_LOG_FORMAT``, secrets masked),
+    learns the worker's thread count at boot (the archive store's threads are sized for
     that many transfers), warns when the MD5 state cannot be saved, tells running transfers
     to checkpoint at shutdown, then closes the context."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        # Dramatiq pointed stderr at its pipe to the main process, which writes the lines out.
+        level = logging.getLogger().getEffectiveLevel()
+        logs.setup(level, stream=sys.stderr, text_format=logs.WORKER_TEXT_FORMAT, replace=True)
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         global _worker_threads
@@ -120,26 +129,51 @@ async def _launch(step: str, a: str, b: str) -> None:
     await asyncio.to_thread(ACTORS[step].send, a, b)
 
 
+async def _count_end(
+    ctx: Context, chain: Chain, zone: str, snapshot_id: str, started: float
+) -> None:
+    """Count an archive job in the metrics if this step ended it (a stale message finds it
+    ended before the step started)."""
+    if chain is not ARCHIVE:
+        return
+    try:
+        record = await ctx.store.get(zone, snapshot_id)
+    except STORE_UNREACHABLE:
+        return
+    if record is not None and not record.active and record.updated_at >= started:
+        metrics.job_ended("archive", record)
+
+
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
     ctx.launch = _launch
     chain = CHAIN_OF[name]
-    try:
-        following = await chain.steps[name](ctx, zone, snapshot_id)
-    except Exception as error:
-        await _until_store_answers(ctx)
-        permanent = isinstance(error, SnaparchiveError) and error.permanent
-        if permanent or last_try:
-            await chain.fail(ctx, zone, snapshot_id, error)
-            return None
-        raise
-    if following is not None:
-        # Its message may go to a broker that is this very Redis.
-        await _until_store_answers(ctx)
-    return following
+    started = time.time()
+    with logs.job_context(zone, snapshot_id, name):
+        try:
+            following = await chain.steps[name](ctx, zone, snapshot_id)
+        except Exception as error:
+            await _until_store_answers(ctx)
+            permanent = isinstance(error, SnaparchiveError) and error.permanent
+            if permanent or last_try:
+                await chain.fail(ctx, zone, snapshot_id, error)
+                await _count_end(ctx, chain, zone, snapshot_id, started)
+                return None
+            raise
+        if following is None:
+            await _count_end(ctx, chain, zone, snapshot_id, started)
+        else:
+            # Its message may go to a broker that is this very Redis.
+            await _until_store_answers(ctx)
+        return following
 
 
 def _drive(name: str, zone: str, snapshot_id: str) -> None:
+    with logs.job_context(zone, snapshot_id, name):
+        _drive_step(name, zone, snapshot_id)
+
+
+def _drive_step(name: str, zone: str, snapshot_id: str) -> None:
     message = CurrentMessage.get_current_message()
     retries = message.options.get("retries", 0) if message is not None else 0
     try:
@@ -161,7 +195,10 @@ def _drive(name: str, zone: str, snapshot_id: str) -> None:
 
 _settings = settings_module.load()
 broker = make_broker(
-    _settings.broker_url, ContextLifecycle(), heartbeat_timeout=_settings.heartbeat_timeout
+    _settings.broker_url,
+    ContextLifecycle(),
+    *metrics.dramatiq_middleware(),
+    heartbeat_timeout=_settings.heartbeat_timeout,
 )
 _options: dict[str, Any] = {
     "queue_name": _settings.queue,

@@ -12,6 +12,7 @@ import logging
 
 from jobs.chains import ARCHIVE, CHAIN_OF
 from jobs.context import Context
+from worker import logs
 from worker.errors import describe, is_permanent
 from worker.retry import RetryPolicy
 
@@ -53,7 +54,8 @@ class LocalRunner:
         failures = 0
         while current is not None:
             try:
-                following = await chain.steps[current](self.ctx, a, b)
+                with logs.job_context(a, b, current):
+                    following = await chain.steps[current](self.ctx, a, b)
             except Exception as error:
                 failures += 1
                 if is_permanent(error) or failures >= self.retry.attempts:

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 
 from jobs.context import Context
 from jobs.watch import LEASE_MARGIN, TransferWatch
+from worker import metrics
 from worker.archive import ArchiveStore
 from worker.errors import (
     ArchiveExists,
     OperationTimeout,
     SnapshotNotExportable,
     describe,
+    error_kind,
     is_permanent,
 )
 from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
@@ -205,7 +207,10 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
                 ctx.settings.transfer,
                 checkpoint=saved,
                 on_checkpoint=watch.checkpoint,
-                on_progress=watch.progress,
+                # Progress past what earlier runs downloaded; what they had is read again.
+                on_progress=metrics.RereadMeter(
+                    watch.progress, saved.offset if saved else 0, job.bytes_done
+                ),
                 stop=watch.stop,
             )
         except TransferStopped:
@@ -248,6 +253,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
             raise
         else:
             await watch.close()
+            metrics.archived(zone, snapshot.instance_id, result.size, snapshot.created_at)
         await _finish(ctx, zone, snapshot_id, result)
         return None
     finally:
@@ -314,4 +320,6 @@ async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) 
             await discard_job_transfer(ctx.store, ctx.archive, zone, snapshot_id)
         finally:
             await ctx.store.release_lease(zone, snapshot_id, owner)
-    await ctx.store.update(zone, snapshot_id, step=Step.FAILED, error=reason)
+    await ctx.store.update(
+        zone, snapshot_id, step=Step.FAILED, error=reason, error_kind=error_kind(error)
+    )

@@ -20,6 +20,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 
 from worker.errors import SnaparchiveError
+from worker.settings import DEFAULT_HEARTBEAT_TIMEOUT
 
 #: Frames kept in a message's traceback, as Dramatiq's Retries middleware keeps.
 TRACEBACK_FRAMES = 30
@@ -56,7 +57,9 @@ class SafeTraceback(Middleware):
             message.options["traceback"] = safe_traceback(sys.exc_info()[1])
 
 
-def make_broker(url: str, *extra: Middleware, heartbeat_timeout: int = 60) -> dramatiq.Broker:
+def make_broker(
+    url: str, *extra: Middleware, heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+) -> dramatiq.Broker:
     """Return a broker for ``url`` (``redis://`` or ``amqp://``) and make it the global one.
 
     Parameters:
@@ -64,7 +67,9 @@ def make_broker(url: str, *extra: Middleware, heartbeat_timeout: int = 60) -> dr
       extra: Middleware to add after the defaults, AsyncIO, CurrentMessage and
         :class:`SafeTraceback`.
       heartbeat_timeout: Seconds of silence after which a Redis-broker worker counts as dead
-        and its unacknowledged messages are requeued (default 60).
+        and its unacknowledged messages are requeued (default
+        :data:`~worker.settings.DEFAULT_HEARTBEAT_TIMEOUT`). A live worker process beats on
+        every broker call, at least once a second (its consumers poll that often when idle).
     """
     broker: dramatiq.Broker
     if url.startswith("amqp"):

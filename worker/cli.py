@@ -1,7 +1,8 @@
 """The ``snaparchive`` command line.
 
-Exit status: 0 success; 1 the work failed (one line on stderr naming the cause);
-2 usage or configuration errors (an unknown zone, a malformed id, a missing variable).
+Exit status (:mod:`worker.errors`): 0 success; 1 the work failed (one line on stderr naming the
+cause); 2 usage or configuration errors (an unknown zone, a malformed id, a missing variable);
+3 verification failed (bad data: an MD5 mismatch, a store corrupting parts); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,8 +16,20 @@ from collections.abc import Sequence
 import redis.exceptions
 from dramatiq.errors import BrokerError
 
-from worker import __version__
-from worker.errors import ConfigError, SnaparchiveError
+from worker import __version__, logs
+from worker.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    EXIT_VERIFICATION,
+    SnaparchiveError,
+    exit_status,
+)
+
+#: What the one line on stderr calls a failure, by exit status.
+_LABELS = {EXIT_USAGE: "configuration error", EXIT_VERIFICATION: "verification failed"}
+#: Log levels by ``-v`` count.
+_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 
 #: Subcommand → (module with add_arguments/run, help).
 COMMANDS = {
@@ -60,7 +73,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Export Exoscale snapshots, verify them while streaming, archive them to S3.",
     )
     parser.add_argument("--version", action="version", version=f"snaparchive {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-vv: debug)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -88,24 +103,19 @@ def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
+        logs.setup(_LEVELS[min(args.verbose, len(_LEVELS) - 1)])
         return args.run(args)
-    except ConfigError as error:
-        print(f"snaparchive: configuration error: {error}", file=sys.stderr)
-        return 2
     except SnaparchiveError as error:
-        print(f"snaparchive: error: {error}", file=sys.stderr)
-        return 1
+        status = exit_status(error)
+        print(f"snaparchive: {_LABELS.get(status, 'error')}: {error}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("snaparchive: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except (OSError, redis.exceptions.ConnectionError, BrokerError) as error:
         print(f"snaparchive: error: cannot connect: {error}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

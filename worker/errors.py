@@ -1,8 +1,10 @@
-"""The errors snaparchive raises, named for what went wrong.
+"""The errors snaparchive raises, named for what went wrong, and the exit status they mean.
 
 Every error carries ``permanent``: a permanent error ends a job as failed,
-a transient one is retried with backoff. Messages never contain credentials
-or presigned URLs.
+a transient one is retried with backoff. ``verification`` marks bad data (an MD5 that
+differs, a store that keeps corrupting what it is sent, a checksum refused): exit status 3,
+which a scheduler pages on, where 1 (a failure) is worth a retry. Messages never contain
+credentials or presigned URLs.
 """
 
 from __future__ import annotations
@@ -13,16 +15,51 @@ if TYPE_CHECKING:
     from worker.models import Quota
 
 
+#: Exit statuses of every command.
+EXIT_OK = 0
+#: The work failed (transient or other): worth a retry once the cause is gone.
+EXIT_FAILED = 1
+#: Usage or configuration errors.
+EXIT_USAGE = 2
+#: Verification failed: the data is bad (not the network), nothing to retry blindly.
+EXIT_VERIFICATION = 3
+#: Interrupted (SIGINT).
+EXIT_INTERRUPTED = 130
+
+
 class SnaparchiveError(Exception):
     """Base of every error this package raises on purpose."""
 
     permanent = True
+    #: The bytes failed a check (see the module docstring): exit status 3.
+    verification = False
 
 
 def is_permanent(error: BaseException) -> bool:
     """Whether ``error`` ends a job: our permanent errors do; foreign ones (a bug, or a
     library's error not yet wrapped) are retried like transient ones."""
     return isinstance(error, SnaparchiveError) and error.permanent
+
+
+def is_verification_failure(error: BaseException) -> bool:
+    """Whether ``error`` says the data is bad (exit status 3), not that a call failed."""
+    return isinstance(error, SnaparchiveError) and error.verification
+
+
+def error_kind(error: BaseException) -> str:
+    """What a job record keeps of a failure's nature (its ``error_kind``): ``verification``
+    (bad data: exit status 3), ``permanent`` (retrying cannot help) or ``transient`` (it
+    failed after its retries; a later try may work)."""
+    if is_verification_failure(error):
+        return "verification"
+    return "permanent" if is_permanent(error) else "transient"
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status of a command that ends with ``error``."""
+    if isinstance(error, ConfigError):
+        return EXIT_USAGE
+    return EXIT_VERIFICATION if is_verification_failure(error) else EXIT_FAILED
 
 
 def describe(error: BaseException) -> str:
@@ -181,6 +218,8 @@ class TransferError(SnaparchiveError):
 class ChecksumMismatch(TransferError):
     """The streamed bytes do not hash to the published MD5."""
 
+    verification = True
+
     def __init__(self, expected: str, actual: str) -> None:
         super().__init__(f"md5 mismatch: expected {expected}, got {actual}")
         self.expected = expected
@@ -198,7 +237,11 @@ class DownloadRefused(TransferError):
 
 
 class StoreIntegrityError(TransferError):
-    """The archive store holds bytes other than the ones we sent (ETag mismatch)."""
+    """The archive store holds bytes other than the ones we sent (ETag mismatch), or an
+    archive is not what its manifest says (an object missing or of another size, a manifest
+    that does not parse)."""
+
+    verification = True
 
 
 class ArchiveExists(TransferError):

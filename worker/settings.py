@@ -45,6 +45,14 @@ _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: LEASE_MARGIN (1 s) before it expires: ttl / 3 + 1 + 5 <= ttl - 1 needs ttl >= 10.5.
 #: Below it a slow store stops transfers; at 1 s every transfer stops as soon as it starts.
 MIN_LEASE_TTL = 11
+#: The default ``SNAPARCHIVE_LEASE_TTL``: a killed worker's transfer is taken over at most this
+#: long after its last renewal (renewals come every third of it), and a live one rides out a job
+#: store that does not answer for about two thirds of it (8-9 s) before it stops, to be safe
+#: (README, "Recovery in seconds").
+DEFAULT_LEASE_TTL = 15
+#: The default ``SNAPARCHIVE_HEARTBEAT_TIMEOUT``: a worker process heartbeats on every broker
+#: command, at least once a second (its consumers' idle poll), so 10 s is ten missed beats.
+DEFAULT_HEARTBEAT_TIMEOUT = 10
 
 
 def _size(env: Mapping[str, str], name: str, default: int) -> int:
@@ -109,6 +117,16 @@ def download_endpoint(entry: str) -> tuple[str, str, int] | None:
         raise ValueError("not one exact host")
     scheme = parts.scheme.lower()
     return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    """A TCP port (1-65535), or ``None`` when the variable is unset or empty."""
+    if not env.get(name):
+        return None
+    port = _int(env, name, 0)
+    if port > 65535:
+        raise ConfigError(f"{name}: a port number is at most 65535, got {port}")
+    return port
 
 
 def _host_patterns(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -264,14 +282,15 @@ class Settings:
     ``redis://127.0.0.1:6379/0``, or ``amqp://...``), ``SNAPARCHIVE_REDIS_URL`` (the job
     store; default: the broker URL when it is Redis, else ``redis://127.0.0.1:6379/0``),
     ``SNAPARCHIVE_EXPORT_TIMEOUT`` (seconds to wait for an export, default 21600),
-    ``SNAPARCHIVE_LEASE_TTL`` (seconds a silent worker keeps its transfer lease, default 60,
-    at least :data:`MIN_LEASE_TTL`),
+    ``SNAPARCHIVE_LEASE_TTL`` (seconds a silent worker keeps its transfer lease, default
+    :data:`DEFAULT_LEASE_TTL`, at least :data:`MIN_LEASE_TTL`),
     ``SNAPARCHIVE_TRANSFER_SLICE`` (seconds one transfer message runs before it checkpoints and
     hands over to a fresh message, default 1200: below RabbitMQ's 30 min consumer_timeout),
     ``SNAPARCHIVE_HEARTBEAT_TIMEOUT`` (seconds after which a silent Redis-broker worker counts
-    as dead and its messages go back to the queue, default 60), ``SNAPARCHIVE_QUEUE`` (the
-    Dramatiq queue of every actor and the prefix of the job store's keys, default
-    ``snaparchive``: separate environments can share one broker and one Redis).
+    as dead and its messages go back to the queue, default :data:`DEFAULT_HEARTBEAT_TIMEOUT`),
+    ``SNAPARCHIVE_QUEUE`` (the Dramatiq queue of every actor and the prefix of the job store's
+    keys, default ``snaparchive``: separate environments can share one broker and one Redis),
+    ``SNAPARCHIVE_METRICS_PORT`` (where ``worker`` serves Prometheus metrics; default none).
     """
 
     exoscale: ExoscaleSettings = field(default_factory=ExoscaleSettings)
@@ -280,10 +299,11 @@ class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     redis_url: str = "redis://127.0.0.1:6379/0"
     export_timeout: int = 6 * 3600
-    lease_ttl: int = 60
+    lease_ttl: int = DEFAULT_LEASE_TTL
     transfer_slice: int = 1200
-    heartbeat_timeout: int = 60
+    heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
     queue: str = "snaparchive"
+    metrics_port: int | None = None
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -303,8 +323,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         broker_url=broker_url,
         redis_url=env.get("SNAPARCHIVE_REDIS_URL") or default_store,
         export_timeout=_int(env, "SNAPARCHIVE_EXPORT_TIMEOUT", 6 * 3600),
-        lease_ttl=_int(env, "SNAPARCHIVE_LEASE_TTL", 60, minimum=MIN_LEASE_TTL),
+        lease_ttl=_int(env, "SNAPARCHIVE_LEASE_TTL", DEFAULT_LEASE_TTL, minimum=MIN_LEASE_TTL),
         transfer_slice=_int(env, "SNAPARCHIVE_TRANSFER_SLICE", 1200),
-        heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", 60),
+        heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT),
         queue=queue,
+        metrics_port=_port(env, "SNAPARCHIVE_METRICS_PORT"),
     )

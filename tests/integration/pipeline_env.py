@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +64,8 @@ def worker_process(
     shutdown_timeout: int = 10,
     log: Path | None = None,
     stop_signal: signal.Signals = signal.SIGTERM,
+    options: Sequence[str] = (),
+    before: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen]:
     """A ``snaparchive worker`` subprocess in its own process group, stopped at the end.
 
@@ -73,6 +75,8 @@ def worker_process(
       log: A file for its stderr (its log), appended to; default: discarded.
       stop_signal: SIGTERM (default) to stop it gracefully at the end, SIGKILL when nothing
         is left to wait for.
+      options: More options of ``worker`` (``--metrics-port``), after it.
+      before: Options of ``snaparchive`` itself (``-vv``), before ``worker``.
 
     At the end a worker still running gets ``stop_signal`` (SIGTERM to the main process, which
     passes it on to its worker processes), then SIGKILL to the whole group after 30 s. A test
@@ -82,7 +86,9 @@ def worker_process(
     process = subprocess.Popen(
         [
             SNAPARCHIVE,
+            *before,
             "worker",
+            *options,
             "--processes",
             str(processes),
             "--threads",

@@ -138,8 +138,8 @@ def test_corrupted_download_leaves_no_object(env, capsys, simulator, moto_endpoi
     simulator.add_snapshot(snapshot_id, 12 * MiB, zone=ZONE)
     simulator.set_faults(Faults(corrupt_at=7 * MiB), snapshot_id=snapshot_id)
     code, _, err = run(capsys, "archive", snapshot_id, "--zone", ZONE, "--local")
-    assert code == 1
-    assert "md5 mismatch: expected" in err
+    assert code == 3  # bad data, not a bad network
+    assert "verification failed: md5 mismatch: expected" in err
     assert bucket_is_clean(moto_endpoint, s3_bucket)
 
 
@@ -163,7 +163,7 @@ def test_restore_and_verify_read_the_archive_back(
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.put_object(Bucket=s3_bucket, Key=key, Body=b"\0" * (7 * MiB))
     code, _, err = run(capsys, "restore", snapshot_id, "--zone", ZONE, "--output", str(target))
-    assert code == 1 and "md5 mismatch" in err
+    assert code == 3 and "verification failed: md5 mismatch" in err
     with simulator.open_image(snapshot_id) as original:
         assert target.read_bytes() == original.read()  # the good copy was not overwritten
     assert not list(tmp_path.glob(".*partial"))

@@ -271,6 +271,59 @@ def test_a_killed_worker_s_transfer_is_finished_by_another(make_scene, broker):
     _assert_resumed(scene, left, scene.finish())
 
 
+def _lease_holder(scene: Scene, *workers: subprocess.Popen) -> subprocess.Popen:
+    """The worker (of ``workers``) whose process holds the transfer's lease: its owner token
+    is ``host:pid:...``, and each worker's processes are in its process group."""
+    client = scene.redis()
+    try:
+        owner = client.get(scene.key("lease"))
+    finally:
+        client.close()
+    assert owner is not None
+    group = os.getpgid(int(owner.decode().split(":")[1]))
+    (holder,) = [worker for worker in workers if worker.pid == group]
+    return holder
+
+
+def test_a_standby_worker_takes_over_with_the_default_timings(make_scene, record_property):
+    # SNAPARCHIVE_HEARTBEAT_TIMEOUT and SNAPARCHIVE_LEASE_TTL at their defaults, and a second
+    # worker standing by when the first is killed. How long the job waits is reported, not
+    # asserted (a loaded machine would fail a timed test): the README's "Dead workers" and
+    # bench/RESULTS.md give the figures and their reasons.
+    scene = make_scene(REDIS_URL, REDIS_URL)
+    for name in ("SNAPARCHIVE_HEARTBEAT_TIMEOUT", "SNAPARCHIVE_LEASE_TTL"):
+        scene.env.pop(name)
+    with scene.worker("first") as first, scene.worker("standby") as standby:
+        for name in ("first", "standby"):
+            wait_for(lambda name=name: "is ready for action" in scene.log(name), timeout=60)
+        scene.queue_throttled_job()
+        scene.wait_for_checkpoint(STOP_AT)
+        _kill(_lease_holder(scene, first, standby))
+        killed = time.monotonic()
+        # The dead connection is noticed at the simulator's next write; from then on nothing is
+        # served until the new worker's first byte.
+        wait_for(lambda: scene.simulator.downloads_sending(scene.snapshot_id) == 0, timeout=30)
+        before = scene.simulator.bytes_served(scene.snapshot_id)
+        scene.simulator.set_faults(None, snapshot_id=scene.snapshot_id)
+        wait_for(
+            lambda: scene.simulator.bytes_served(scene.snapshot_id) > before,
+            timeout=FINISH_TIMEOUT,
+            interval=0.02,
+        )
+        waited = time.monotonic() - killed
+        record_property("seconds_from_kill_to_first_byte", round(waited, 1))
+        print(f"\nkill -> first byte of the standby worker (default timings): {waited:.1f} s")
+        done = cli(
+            scene.env,
+            *("archive", scene.snapshot_id, "--zone", ZONE, "--wait", "--json"),
+            timeout=FINISH_TIMEOUT,
+        )
+    assert done.returncode == 0, done.stderr + scene.log("standby")
+    result = json.loads(done.stdout)
+    assert result["md5"] == scene.simulator.image_md5(scene.snapshot_id)
+    assert stored_md5(scene.moto, scene.bucket, result) == result["md5"]
+
+
 class RedisServer:
     """A redis-server of the test's own, with the append-only file on, that can be restarted."""
 

@@ -96,15 +96,15 @@ def test_duplicate_enqueue_joins_and_status_shows_progress(env, simulator, snaps
 
 
 @pytest.mark.parametrize("env", ["redis"], indirect=True)
-def test_wrong_md5_fails_with_exit_1_and_leaves_nothing(
+def test_wrong_md5_fails_with_exit_3_and_leaves_nothing(
     env, simulator, moto_endpoint, s3_bucket, snapshot_id
 ):
     simulator.add_snapshot(snapshot_id, 12 * MiB, zone=ZONE)
     simulator.set_faults(Faults(wrong_md5=True), snapshot_id=snapshot_id)
     with worker_process(env):
         done = cli(env, "archive", snapshot_id, "--zone", ZONE, "--wait")
-    assert done.returncode == 1
-    assert "md5 mismatch: expected" in done.stderr
+    assert done.returncode == 3  # verification failed: bad data, not a bad network
+    assert "verification failed: md5 mismatch: expected" in done.stderr
     assert "Traceback" not in done.stderr
     assert bucket_is_clean(moto_endpoint, s3_bucket)
     assert status_json(env, snapshot_id)["status"] == "failed"

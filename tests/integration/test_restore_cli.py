@@ -87,13 +87,15 @@ def test_a_missing_object_is_one_line_naming_it(env, capsys, tmp_path, moto_endp
     boto3.client("s3", endpoint_url=moto_endpoint).delete_object(Bucket=s3_bucket, Key=gone)
     target = tmp_path / "disk.img"
     code, _, err = restore(capsys, snapshot_id, "--zone", ZONE, "--output", str(target))
-    assert code == 1
+    # A damaged archive: verification failed (exit status 3), not a failure to retry.
+    assert code == 3
     assert one_line(err) == (
-        f"snaparchive: error: {gone}: missing from the store, though the manifest lists it"
+        f"snaparchive: verification failed: {gone}: missing from the store, though the "
+        "manifest lists it"
     )
     assert os.listdir(tmp_path) == []  # no image, no temporary file
     code, _, err = restore(capsys, snapshot_id, "--zone", ZONE, "--verify")
-    assert code == 1 and gone in one_line(err)
+    assert code == 3 and gone in one_line(err)
 
 
 @pytest.mark.parametrize(
@@ -115,9 +117,9 @@ def test_a_manifest_with_a_foreign_or_malformed_key_is_refused(
     put_object(moto_endpoint, s3_bucket, manifest_key, document)
     put_object(moto_endpoint, s3_bucket, "tenant-b/exoscale/ch-gva-2/secret/image", b"xxx")
     code, out, err = restore(capsys, snapshot_id, "--zone", ZONE, "--output", "-")
-    assert code == 1 and out == ""
+    assert code == 3 and out == ""
     line = one_line(err)
-    assert line.startswith(f"snaparchive: error: malformed manifest {manifest_key}: ")
+    assert line.startswith(f"snaparchive: verification failed: malformed manifest {manifest_key}: ")
     assert problem in line
 
 
@@ -128,7 +130,7 @@ def test_a_manifest_of_another_snapshot_is_refused(env, capsys, moto_endpoint, s
     document = manifest_document(f"{folder(other)}/manifest.json")
     put_object(moto_endpoint, s3_bucket, f"{folder(snapshot_id)}/manifest.json", document)
     code, _, err = restore(capsys, snapshot_id, "--zone", ZONE, "--verify")
-    assert code == 1
+    assert code == 3
     assert f"snapshot_id '{other}' is not its key's '{snapshot_id}'" in one_line(err)
 
 
@@ -136,7 +138,7 @@ def test_an_archive_without_segments_is_refused(env, capsys, moto_endpoint, s3_b
     snapshot_id = str(uuid.uuid4())
     put_manifest(moto_endpoint, s3_bucket, f"{folder(snapshot_id)}/manifest.json", segments=[])
     code, _, err = restore(capsys, snapshot_id, "--zone", ZONE, "--verify")
-    assert code == 1 and one_line(err).endswith(": no segments")
+    assert code == 3 and one_line(err).endswith(": no segments")
 
 
 @pytest.mark.parametrize(
@@ -212,9 +214,9 @@ def test_an_object_longer_than_the_manifest_says_is_refused(
     snapshot_id = make_archive(moto_endpoint, s3_bucket, sizes=(5,))
     put_object(moto_endpoint, s3_bucket, f"{folder(snapshot_id)}/image", b"x" * (3 * MiB))
     code, _, err = restore(capsys, snapshot_id, "--zone", ZONE, "--output", str(tmp_path / "d"))
-    assert code == 1
+    assert code == 3
     assert one_line(err) == (
-        f"snaparchive: error: {folder(snapshot_id)}/image: stored {3 * MiB} bytes, "
+        f"snaparchive: verification failed: {folder(snapshot_id)}/image: stored {3 * MiB} bytes, "
         "the manifest says 5"
     )
     assert os.listdir(tmp_path) == []

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import requests
 
 from tests.integration.pipeline_env import SNAPARCHIVE, forget_queue, pipeline_env
 from worker.jobstore import RedisJobStore
@@ -136,8 +138,11 @@ def test_the_scheduler_command_stops_cleanly_on_sigterm(
         "snapshots_keep = 1\n[policy.keep]\nlast = 1\n"
     )
     env["SNAPARCHIVE_POLICIES"] = str(policies)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [SNAPARCHIVE, "scheduler"],
+        [SNAPARCHIVE, "scheduler", "--metrics-port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -145,6 +150,8 @@ def test_the_scheduler_command_stops_cleanly_on_sigterm(
     )
     try:
         assert "snaparchive scheduler: web" in (process.stdout.readline() if process.stdout else "")
+        scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "snaparchive_jobs_total" in scraped
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=30)
     finally:

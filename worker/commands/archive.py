@@ -10,6 +10,7 @@ import sys
 import time
 
 from worker import argtypes as types
+from worker import logs
 from worker.archive import ArchiveStore
 from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json, report
 from worker.jobstore import JobRecord, JobStore, MemoryJobStore, RedisJobStore, Step
@@ -147,7 +148,8 @@ async def archive_here(
             return _report_done(record, note, as_json)
         if not created:
             print(f"{zone}/{snapshot_id}: {note}; running its steps here too", file=sys.stderr)
-        job = asyncio.create_task(run_job(ctx, zone, snapshot_id))
+        with logs.job_context(zone, snapshot_id):  # the task's log lines name the job
+            job = asyncio.create_task(run_job(ctx, zone, snapshot_id))
         watch = asyncio.create_task(
             follow(ctx.store, zone, snapshot_id, _display(as_json), 0.25, _patience(settings))
         )

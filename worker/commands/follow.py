@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from worker.errors import SnaparchiveError
+from worker.errors import EXIT_FAILED, EXIT_OK, EXIT_VERIFICATION, SnaparchiveError
 from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.progress import ProgressDisplay
 from worker.units import format_size
@@ -124,11 +124,14 @@ def outcome_json(record: JobRecord) -> dict[str, Any]:
         body.update(record.result)
     if record.error:
         body["error"] = record.error
+    if record.error_kind:
+        body["error_kind"] = record.error_kind
     return body
 
 
 def report(record: JobRecord, as_json: bool) -> int:
-    """Print a finished job's outcome; return the exit status (0 only when archived)."""
+    """Print a finished job's outcome; return the exit status: 0 only when archived, 3 when
+    it failed verification (its ``error_kind``), 1 otherwise."""
     if as_json:
         print(json.dumps(outcome_json(record), indent=2))
     elif record.step == Step.DONE and record.result:
@@ -141,6 +144,9 @@ def report(record: JobRecord, as_json: bool) -> int:
         for obj in result["objects"]:
             print(f"  object:   s3://{result['bucket']}/{obj['key']} ({format_size(obj['size'])})")
     if record.step == Step.DONE:
-        return 0
+        return EXIT_OK
+    if record.error_kind == "verification":
+        print(f"snaparchive: verification failed: {record.error}", file=sys.stderr)
+        return EXIT_VERIFICATION
     print(f"snaparchive: error: {record.error or record.step}", file=sys.stderr)
-    return 1
+    return EXIT_FAILED

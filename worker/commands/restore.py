@@ -2,13 +2,14 @@
 
 ``--verify`` reads and checks without writing: a scheduled re-read of stored archives.
 With ``--output -`` the bytes go to stdout as they are read, so a mismatch can only be
-reported at the end (exit status 1); ``--output PATH`` renames the file into place only
+reported at the end (exit status 3); ``--output PATH`` renames the file into place only
 after the whole image verified.
 
-Exit status: 0 restored (or verified); 1 the archive is missing, invalid or unreadable,
-or the image cannot be written (one line naming the object or the file); 2 usage errors,
-among them an ``--output`` that cannot be a file (a directory, a device, a path whose
-directory does not exist), found before anything is read.
+Exit status: 0 restored (or verified); 3 the archive fails verification (its MD5, an object
+missing or of another size than the manifest says, a malformed manifest); 1 there is no
+archive, the store cannot be read, or the image cannot be written (one line naming the object
+or the file); 2 usage errors, among them an ``--output`` that cannot be a file (a directory, a
+device, a path whose directory does not exist), found before anything is read.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import socket
 import uuid
 from datetime import datetime
 
-from worker import backups
+from worker import argtypes as types
+from worker import backups, metrics
 from worker.commands.policy_args import add_policies_argument, load_policies
 from worker.errors import describe
 from worker.exoscale import ExoscaleClient
@@ -30,6 +31,11 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_policies_argument(parser)
+    parser.add_argument(
+        "--metrics-port",
+        type=types.whole_number(1, 65535),
+        help="serve Prometheus metrics on this port (default: SNAPARCHIVE_METRICS_PORT; none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     settings.s3.require_bucket()
     grace = grace_from_env()
     from jobs import actors
+
+    port = args.metrics_port or settings.metrics_port
+    stop_metrics = metrics.serve(port) if port is not None else None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -72,5 +81,9 @@ def run(args: argparse.Namespace) -> int:
             await client.close()
             await store.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return 0

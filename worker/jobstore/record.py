@@ -40,6 +40,8 @@ class Step(StrEnum):
 TERMINAL = frozenset({Step.DONE, Step.FAILED, Step.CANCELLED, Step.UNREADABLE})
 #: Claims replace a job in these steps.
 REPLACEABLE = frozenset({Step.FAILED, Step.CANCELLED, Step.UNREADABLE})
+#: The words of a failed job's ``error_kind``.
+ERROR_KINDS = frozenset({"verification", "permanent", "transient"})
 
 
 @dataclass
@@ -55,6 +57,8 @@ class JobRecord:
       bytes_done, bytes_total: Transfer progress.
       result: The archive once done (:meth:`worker.archive.ArchiveResult.to_dict`).
       error: Why the job failed, in one line.
+      error_kind: What kind of failure it was (:func:`worker.errors.error_kind`):
+        ``verification`` (bad data: exit status 3), ``permanent`` or ``transient``.
       cancel_requested: An operator asked the job to stop.
       sent_at: When the job's first message was handed to the broker (``None``: never, as
         for a send that failed or an ``archive --local`` run).
@@ -72,6 +76,7 @@ class JobRecord:
     bytes_total: int | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    error_kind: str | None = None
     cancel_requested: bool = False
     sent_at: float | None = None
     policy: str | None = None
@@ -147,6 +152,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "bytes_total": _optional(_count),
     "result": _optional(_result),
     "error": _optional(_string),
+    "error_kind": _optional(lambda value: value in ERROR_KINDS),
     "cancel_requested": lambda value: isinstance(value, bool),
     "sent_at": _optional(_number),
     "policy": _optional(_string),

@@ -93,7 +93,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 def _attach(parser: argparse.ArgumentParser, module_name: str) -> None:
     # -v after the subcommand too (snaparchive status -v); SUPPRESS keeps one given before it.
     parser.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log more"
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="log more (-vv: debug)"
     )
     module = importlib.import_module(module_name)
     module.add_arguments(parser)

@@ -76,8 +76,9 @@ def test_options_snaparchive_sets_are_refused_after_double_dash(env, extra) -> N
 
 def test_verbose_after_the_subcommand(env) -> None:
     for argv in (["status", "-v"], ["-v", "status"], ["status", "--verbose", "--json"]):
-        assert build_parser(argv).parse_args(argv).verbose is True
-    assert build_parser(["status"]).parse_args(["status"]).verbose is False
+        assert build_parser(argv).parse_args(argv).verbose == 1
+    assert build_parser(["status", "-vv"]).parse_args(["status", "-vv"]).verbose == 2
+    assert build_parser(["status"]).parse_args(["status"]).verbose == 0
     shown = cli(env, "status", "-v", "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["jobs"] == []

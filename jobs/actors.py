@@ -24,6 +24,7 @@ import dramatiq
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.middleware import CurrentMessage, Middleware
 
+from jobs import restore_steps
 from jobs.context import Context
 from jobs.steps import STEPS, Next, fail
 from worker import settings as settings_module
@@ -116,13 +117,16 @@ async def _until_store_answers(ctx: Context) -> None:
 
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:
     ctx = await _get_context()
+    restoring = name in restore_steps.STEPS
     try:
-        following = await STEPS[name](ctx, zone, snapshot_id)
+        following = await (restore_steps.STEPS if restoring else STEPS)[name](
+            ctx, zone, snapshot_id
+        )
     except Exception as error:
         await _until_store_answers(ctx)
         permanent = isinstance(error, SnaparchiveError) and error.permanent
         if permanent or last_try:
-            await fail(ctx, zone, snapshot_id, error)
+            await (restore_steps.fail if restoring else fail)(ctx, zone, snapshot_id, error)
             return None
         raise
     if following is not None:
@@ -186,8 +190,39 @@ def transfer_snapshot(zone: str, snapshot_id: str) -> None:
     _drive("transfer_snapshot", zone, snapshot_id)
 
 
+# -- restore jobs (jobs.restore_steps): each step is short, the join one slice at a time ------
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def restore_check(zone: str, snapshot_id: str) -> None:
+    """Check the archive a restore reads."""
+    _drive("restore_check", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=(_settings.transfer_slice + 600) * 1000, **_options)
+def restore_join(zone: str, snapshot_id: str) -> None:
+    """Join a segmented archive server-side for one slice."""
+    _drive("restore_join", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def restore_register(zone: str, snapshot_id: str) -> None:
+    """Register the template from a presigned URL of the image."""
+    _drive("restore_register", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def restore_await(zone: str, snapshot_id: str) -> None:
+    """Check the registration once; re-enqueued with a delay while it is pending."""
+    _drive("restore_await", zone, snapshot_id)
+
+
 ACTORS: dict[str, dramatiq.Actor] = {
     "start_export": start_export,
     "await_export": await_export,
     "transfer_snapshot": transfer_snapshot,
+    "restore_check": restore_check,
+    "restore_join": restore_join,
+    "restore_register": restore_register,
+    "restore_await": restore_await,
 }

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 
 from jobs.context import Context
-from jobs.steps import STEPS, fail
+from jobs.steps import STEPS, StepFunction, fail
 from worker.errors import describe, is_permanent
 from worker.retry import RetryPolicy
 
@@ -21,7 +22,14 @@ LOCAL_RETRIES = RetryPolicy(attempts=6, base=2.0, cap=60.0)
 
 
 async def run_job(
-    ctx: Context, zone: str, snapshot_id: str, retry: RetryPolicy = LOCAL_RETRIES
+    ctx: Context,
+    zone: str,
+    snapshot_id: str,
+    retry: RetryPolicy = LOCAL_RETRIES,
+    *,
+    steps: Mapping[str, StepFunction] = STEPS,
+    first: str = "start_export",
+    on_failure: Callable[[Context, str, str, BaseException], Awaitable[None]] = fail,
 ) -> None:
     """Drive the job of ``zone``/``snapshot_id`` (already claimed) until it ends.
 
@@ -29,16 +37,19 @@ async def run_job(
       ctx: The process's context (a memory job store is enough).
       zone, snapshot_id: The job.
       retry: How often a step that failed for a transient reason is tried again.
+      steps, first, on_failure: The job's steps, the one it starts with, and what ends it
+        as failed (default: an archive job's, :mod:`jobs.steps`; a restore passes
+        :mod:`jobs.restore_steps`').
     """
-    step: str | None = "start_export"
+    step: str | None = first
     failures = 0
     while step is not None:
         try:
-            following = await STEPS[step](ctx, zone, snapshot_id)
+            following = await steps[step](ctx, zone, snapshot_id)
         except Exception as error:
             failures += 1
             if is_permanent(error) or failures >= retry.attempts:
-                await fail(ctx, zone, snapshot_id, error)
+                await on_failure(ctx, zone, snapshot_id, error)
                 return
             pause = retry.delay(failures, getattr(error, "retry_after", None))
             logger.warning("%s: %s; trying again in %.0fs", step, describe(error), pause)

@@ -1,7 +1,8 @@
 """The ``snaparchive`` command line.
 
 Exit status: 0 success; 1 the work failed (one line on stderr naming the cause);
-2 usage or configuration errors (an unknown zone, a malformed id, a missing variable).
+2 usage or configuration errors (an unknown zone, a malformed id, a missing variable);
+3 a verification failed (an MD5 mismatch, a checksum refusal); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ from worker.errors import ConfigError, SnaparchiveError
 #: Subcommand → (module with add_arguments/run, help).
 COMMANDS = {
     "archive": ("worker.commands.archive", "archive one snapshot (queue it, or --local)"),
-    "status": ("worker.commands.status", "show archive jobs"),
-    "restore": ("worker.commands.restore", "read an archive back, verified, to a file or stdout"),
+    "status": ("worker.commands.status", "show archive and restore jobs"),
+    "restore": (
+        "worker.commands.restore",
+        "restore an archive, verified: as an Exoscale template, to a file or stdout",
+    ),
     "cancel": ("worker.commands.cancel", "stop a job and abort its uploads"),
     "gc": ("worker.commands.gc", "list and abort abandoned multipart uploads"),
     "worker": ("worker.commands.worker", "run Dramatiq workers for the pipeline"),
@@ -90,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SnaparchiveError as error:
         print(f"snaparchive: error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_status
     except KeyboardInterrupt:
         print("snaparchive: interrupted", file=sys.stderr)
         return 130

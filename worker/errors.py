@@ -14,9 +14,14 @@ if TYPE_CHECKING:
 
 
 class SnaparchiveError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    ``exit_status`` is the command's exit status when the error ends it: 1 (failed), or 3
+    for a verification that failed (an MD5 mismatch, a checksum refusal).
+    """
 
     permanent = True
+    exit_status = 1
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -149,6 +154,27 @@ class OperationFailed(ApiError):
         self.reason = reason
 
 
+class ChecksumRefused(ApiError):
+    """Exoscale refused a template registration because the image it read did not have the
+    checksum it was given: a verification that failed (exit status 3). The message begins
+    with :data:`CHECKSUM_REFUSED`.
+
+    Parameters:
+      operation_id: The registration's operation.
+      message: What Exoscale said.
+    """
+
+    exit_status = 3
+
+    def __init__(self, operation_id: str, message: str) -> None:
+        super().__init__(f"{CHECKSUM_REFUSED}: {message} (operation {operation_id})")
+        self.operation_id = operation_id
+
+
+#: How the message of a :class:`ChecksumRefused` begins.
+CHECKSUM_REFUSED = "checksum refused by Exoscale"
+
+
 class QuotaExceeded(ApiError):
     """A create call refused because the organisation's quota of that resource is used up.
 
@@ -180,6 +206,8 @@ class TransferError(SnaparchiveError):
 
 class ChecksumMismatch(TransferError):
     """The streamed bytes do not hash to the published MD5."""
+
+    exit_status = 3
 
     def __init__(self, expected: str, actual: str) -> None:
         super().__init__(f"md5 mismatch: expected {expected}, got {actual}")

@@ -33,6 +33,12 @@ EXOSCALE_ZONES = (
     "hr-zag-1",
 )
 DEFAULT_ENDPOINT = "https://api-{zone}.exoscale.com/v2"
+#: The largest object of the default store: SOS takes 4 TiB (AWS S3: 5 TiB).
+DEFAULT_OBJECT_LIMIT = 4 * TiB
+#: Lifetime of the presigned URL a template is registered from: 12 hours, long enough for
+#: a slow registration; SigV4 allows 7 days at most.
+DEFAULT_RESTORE_URL_TTL = 12 * 3600
+MAX_RESTORE_URL_TTL = 7 * 24 * 3600
 
 #: Dramatiq queue names; also safe inside Redis keys and RabbitMQ queue names.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -125,7 +131,10 @@ class S3Settings:
     Variables: ``SNAPARCHIVE_S3_ENDPOINT`` (default: AWS), ``SNAPARCHIVE_S3_BUCKET`` (required),
     ``SNAPARCHIVE_S3_PREFIX`` (default ``snaparchive/``), ``SNAPARCHIVE_S3_REGION`` (default
     ``us-east-1``), ``SNAPARCHIVE_S3_ADDRESSING_STYLE`` (``path`` default, ``virtual`` or
-    ``auto``). Credentials come from boto3's usual chain (``AWS_ACCESS_KEY_ID``, ...).
+    ``auto``), ``SNAPARCHIVE_OBJECT_LIMIT`` (the largest object the store holds, default
+    ``4TiB`` as SOS; AWS S3 takes 5 TiB: a segmented archive bigger than it cannot be joined
+    into one object for a restore as a template). Credentials come from boto3's usual chain
+    (``AWS_ACCESS_KEY_ID``, ...).
     """
 
     endpoint: str | None = None
@@ -133,6 +142,7 @@ class S3Settings:
     prefix: str = "snaparchive/"
     region: str = "us-east-1"
     addressing_style: str = "path"
+    object_limit: int = DEFAULT_OBJECT_LIMIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> S3Settings:
@@ -150,6 +160,7 @@ class S3Settings:
             prefix=prefix,
             region=env.get("SNAPARCHIVE_S3_REGION") or "us-east-1",
             addressing_style=style,
+            object_limit=_size(env, "SNAPARCHIVE_OBJECT_LIMIT", DEFAULT_OBJECT_LIMIT),
         )
 
     def require_bucket(self) -> None:
@@ -203,7 +214,10 @@ class Settings:
     ``SNAPARCHIVE_HEARTBEAT_TIMEOUT`` (seconds after which a silent Redis-broker worker counts
     as dead and its messages go back to the queue, default 60), ``SNAPARCHIVE_QUEUE`` (the
     Dramatiq queue of every actor and the prefix of the job store's keys, default
-    ``snaparchive``: separate environments can share one broker and one Redis).
+    ``snaparchive``: separate environments can share one broker and one Redis),
+    ``SNAPARCHIVE_RESTORE_URL_TTL`` (seconds the presigned URL of a restore as a template
+    lives, default 43200, at most 604800: SigV4's limit), ``SNAPARCHIVE_RESTORE_TIMEOUT``
+    (seconds to wait for a template registration, default 7200).
     """
 
     exoscale: ExoscaleSettings = field(default_factory=ExoscaleSettings)
@@ -216,6 +230,8 @@ class Settings:
     transfer_slice: int = 1200
     heartbeat_timeout: int = 60
     queue: str = "snaparchive"
+    restore_url_ttl: int = DEFAULT_RESTORE_URL_TTL
+    restore_timeout: int = 2 * 3600
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -239,4 +255,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         transfer_slice=_int(env, "SNAPARCHIVE_TRANSFER_SLICE", 1200),
         heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", 60),
         queue=queue,
+        restore_url_ttl=_restore_url_ttl(env),
+        restore_timeout=_int(env, "SNAPARCHIVE_RESTORE_TIMEOUT", 2 * 3600),
     )
+
+
+def _restore_url_ttl(env: Mapping[str, str]) -> int:
+    name = "SNAPARCHIVE_RESTORE_URL_TTL"
+    ttl = _int(env, name, DEFAULT_RESTORE_URL_TTL)
+    if ttl > MAX_RESTORE_URL_TTL:
+        raise ConfigError(f"{name}: at most {MAX_RESTORE_URL_TTL} (7 days, SigV4's limit)")
+    return ttl

@@ -1,4 +1,5 @@
-"""The Dramatiq actors of the archive pipeline: one per step of :mod:`jobs.steps`.
+"""The Dramatiq actors of the archive pipeline, one per step of :mod:`jobs.steps`, and of
+restore jobs, one per step of :mod:`jobs.restore_steps`.
 
 Importing this module configures the broker from ``SNAPARCHIVE_BROKER_URL``. Actors are
 plain functions that run their step on the worker process's event loop (the AsyncIO

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench import peers
+from bench import peers, restore
 from bench.results import Measurement, MemoryRun, Results, Resume
 from worker.units import MiB, format_size
 
@@ -383,6 +383,7 @@ def render(results: Results) -> str:
         "",
         *(_resume(results.resume) if results.resume else ["Not run (`--no-resume`)."]),
         "",
+        *(restore.render(results.restore) if results.restore else []),
         "## Commands",
         "",
         "`$URL` is the presigned URL; `$ENDPOINT`, `$BUCKET`, `$KEY` the S3 endpoint, a bucket "
@@ -404,7 +405,8 @@ def _commands(results: Results) -> list[str]:
         for command in m.commands:
             if command not in seen:
                 seen.append(command)
-    for command in (peers.RCLONE_COPY, peers.RCLONE_MD5, peers.AWS_PIPE):
+    restores = (restore.OURS, restore.AWS, restore.RCLONE) if results.restore else ()
+    for command in (peers.RCLONE_COPY, peers.RCLONE_MD5, peers.AWS_PIPE, *restores):
         if command not in seen:
             seen.append(command)
     return seen

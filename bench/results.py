@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bench.measure import median
+
+if TYPE_CHECKING:
+    from bench.restore import RestoreResults
 
 
 @dataclass
@@ -175,5 +179,6 @@ class Results:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     memory: list[MemoryRun] = field(default_factory=list)
     resume: Resume | None = None
+    restore: RestoreResults | None = None
     duration: float = 0.0
     waited: float = 0.0

@@ -11,7 +11,10 @@ Issue 3's benchmark and issue 5's figure, in one run (see bench/RESULTS.md for t
 - the pipeline's peak RSS for each of ``--sizes`` (default 1 GiB and 8 GiB) and each of
   ``--memory-limits``;
 - a transfer into moto killed (SIGKILL) at half of the image and resumed in a new process
-  from its last checkpoint: bytes downloaded and uploaded again.
+  from its last checkpoint: bytes downloaded and uploaded again;
+- restore throughput (issue 12, :mod:`bench.restore`): ``snaparchive restore --output FILE``
+  against ``aws s3 cp - | tee FILE | md5sum`` and ``rclone cat | md5sum``, from moto and from a
+  fast local S3 source, over an image of ``--size``.
 
 Peers that are not installed are skipped with a note. Nothing is downloaded at run time.
 ``--quick`` runs everything small and once, and writes its report to a temporary file
@@ -34,7 +37,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from bench import machine, peers, report
+from bench import machine, peers, report, restore
 from bench.imageserver import KEY, SECRET, Image, ImageServer
 from bench.measure import Sample, kill_session, run, wait_quiet
 from bench.moto import CREDENTIALS, MotoServer
@@ -72,6 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-peers", action="store_true", help="skip rclone and aws")
     parser.add_argument("--no-resume", action="store_true", help="skip the kill-and-resume run")
+    parser.add_argument("--no-restore", action="store_true", help="skip the restore runs")
     parser.add_argument("--quick", action="store_true", help="256 MiB images, one run each")
     parser.add_argument("--output", type=Path, help="report path (bench/RESULTS.md)")
     args = parser.parse_args(argv)
@@ -510,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_resume:
             log("kill at 50 % and resume")
             results.resume = bench.resume()
+    if not args.no_restore:
+        log("restore throughput")
+        results.restore = restore.measure(args.size, args.runs, tools, args.quick)
     end_commit = machine.describe()["commit"]
     if end_commit != results.machine["commit"]:
         # Every pipeline run imports the engine afresh: the runs measured both versions.

@@ -12,8 +12,7 @@ alike. Every step holds the job's lease while it works, so two never run at once
   (HEAD), and a segmented image fits in one object of the store (else refused, before
   anything is registered).
 - ``restore_join``: the segments are copied server-side (UploadPartCopy) into one temporary
-  object beside them, ``restore-{token}.joined``, for a slice at a time; its progress is the
-  job's checkpoint.
+  object (:func:`temporary_key`), a slice at a time; its progress is the job's checkpoint.
 - ``restore_register``: a presigned GET URL of the image (made here, used once, never kept),
   then register-template in the target zone with the archive's MD5 as its checksum.
 - ``restore_await``: the operation on the official schedule, up to
@@ -175,8 +174,7 @@ async def _join(ctx: Context, zone: str, snapshot_id: str, owner: str) -> Next |
     plan = plan_join(manifest.objects, ctx.settings.s3.object_limit)
     state = await load_join(ctx.store, zone, snapshot_id)
     if state is None:
-        folder = ctx.archive.archive_prefix(PROVIDER, zone, snapshot_id)
-        state = JoinState(f"{folder}restore-{secrets.token_hex(6)}.joined")
+        state = JoinState(temporary_key(ctx.archive.prefix, zone, snapshot_id))
     stop = asyncio.Event()
     deadline = time.monotonic() + ctx.settings.transfer_slice
     join: Join
@@ -234,6 +232,16 @@ async def _register(ctx: Context, zone: str, snapshot_id: str, owner: str) -> Ne
     )
     logger.info("%s/%s: registering template in %s", zone, snapshot_id, target)
     return Next("restore_await", poll_interval(0))
+
+
+def temporary_key(prefix: str, zone: str, snapshot_id: str) -> str:
+    """A new key for the joined object: ``{prefix}restore-tmp/{zone}/{snapshot_id}/{token}``.
+
+    Outside the archive's folder, whose open uploads a failing archive job aborts; under the
+    prefix with the snapshot's zone and id where ``gc`` reads them from a key, so ``gc`` keeps
+    the upload of a running restore.
+    """
+    return f"{prefix}restore-tmp/{zone}/{snapshot_id}/{secrets.token_hex(6)}.joined"
 
 
 def description(manifest: Manifest) -> str:

@@ -36,7 +36,7 @@ from worker.units import MiB
 logger = logging.getLogger(__name__)
 
 #: Bytes per ranged GET.
-CHUNK_SIZE = 8 * MiB
+CHUNK_SIZE = 16 * MiB
 #: Ranged GETs in flight.
 CONCURRENCY = 4
 #: Tries of one range whose body broke off or came short (botocore retries a request that got

@@ -28,6 +28,8 @@ from worker.manifest import Manifest
 from worker.reader import CHUNK_SIZE, CONCURRENCY, RangedReader, check_objects
 from worker.s3 import Bucket
 
+#: Chunks waiting for the hash, and for the write, at most.
+QUEUED = 2
 #: Where the bytes go: an awaitable write of one chunk (``None``: verify only).
 Write = Callable[[bytes], Awaitable[object]]
 
@@ -73,16 +75,43 @@ async def stream_archive(
     reader = RangedReader(bucket, manifest.objects, chunk_size=chunk_size, concurrency=concurrency)
     digest = hashlib.md5()
     done = 0
-    async for chunk in reader.chunks():
-        # hashlib lets go of the GIL for big buffers: the hash runs beside the write.
-        hashing = asyncio.to_thread(digest.update, chunk)
-        if write is None:
-            await hashing
-        else:
-            await asyncio.gather(hashing, write(chunk))
-        done += len(chunk)
-        if on_progress is not None:
-            on_progress(done, manifest.size)
+    # The hash (one thread, strictly in order: the slowest stage) and the writes each take
+    # chunks from a short queue of their own, so neither waits for the other and the reads
+    # run ahead; at most ``concurrency`` + 2 * QUEUED chunks are held at once.
+    hashing: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED)
+    writing: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED)
+
+    async def hasher() -> None:
+        while (chunk := await hashing.get()) is not None:
+            # hashlib lets go of the GIL for big buffers: the hash runs beside everything else.
+            await asyncio.to_thread(digest.update, chunk)
+
+    async def writer() -> None:
+        assert write is not None
+        while (chunk := await writing.get()) is not None:
+            await write(chunk)
+
+    async def reading() -> None:
+        nonlocal done
+        async for chunk in reader.chunks():
+            await hashing.put(chunk)
+            if write is not None:
+                await writing.put(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, manifest.size)
+        await hashing.put(None)
+        await writing.put(None)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(reading())
+            group.create_task(hasher())
+            if write is not None:
+                group.create_task(writer())
+    except BaseExceptionGroup as failed:
+        # One stage failed and the others were cancelled: its error, as it was raised.
+        raise failed.exceptions[0] from None
     actual = digest.hexdigest()
     if actual != manifest.md5 or done != manifest.size:
         raise ChecksumMismatch(manifest.md5, actual)

@@ -4,6 +4,7 @@ reads the presigned moto URL and hashes it), moto and real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -303,3 +304,25 @@ def test_a_worker_restores_status_shows_it_and_cancel_stops_it(
         simulator.set_faults(None)
         forget_queue(env)
     assert os.environ["SNAPARCHIVE_QUEUE"] == env["SNAPARCHIVE_QUEUE"]
+
+
+def test_gc_keeps_the_join_upload_of_a_running_restore(env, capsys, moto_endpoint, s3_bucket):
+    from jobs.restore_steps import temporary_key
+    from worker.jobstore import RESTORE, RedisJobStore
+
+    snapshot_id = str(uuid.uuid4())
+    key = temporary_key("snaparchive/", ZONE, snapshot_id)
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_multipart_upload(Bucket=s3_bucket, Key=key)
+
+    async def claim() -> None:
+        store = RedisJobStore(REDIS_URL, namespace=env["SNAPARCHIVE_QUEUE"])
+        try:
+            await store.claim(ZONE, snapshot_id, kind=RESTORE)
+        finally:
+            await store.close()
+
+    asyncio.run(claim())
+    assert main(["gc", "--older-than", "0"]) == 0
+    assert "kept: its job is running" in capsys.readouterr().out
+    assert [u["Key"] for u in s3.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]] == [key]

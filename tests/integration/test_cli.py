@@ -136,7 +136,7 @@ def test_restore_and_verify_read_the_archive_back(
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     s3.put_object(Bucket=s3_bucket, Key=key, Body=b"\0" * (7 * MiB))
     code, _, err = run(capsys, "restore", snapshot_id, "--zone", ZONE, "--output", str(target))
-    assert code == 1 and "md5 mismatch" in err
+    assert code == 3 and "md5 mismatch" in err  # a failed verification
     with simulator.open_image(snapshot_id) as original:
         assert target.read_bytes() == original.read()  # the good copy was not overwritten
     assert not list(tmp_path.glob(".*partial"))

@@ -28,7 +28,7 @@ from pathlib import Path
 from worker import argtypes as types
 from worker.archive import ArchiveStore
 from worker.errors import NotFound, StoreError
-from worker.manifest import Manifest
+from worker.manifest import BOOT_MODES, Manifest
 from worker.progress import ProgressDisplay
 from worker.reader import CONCURRENCY
 from worker.restore import OutputError, restore_to_file, stream_archive, stream_writer
@@ -49,8 +49,6 @@ TEMPLATE_OPTIONS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from worker.commands.restore_template import add_arguments as template_arguments
-
     parser.add_argument("snapshot_id", type=types.snapshot_id, help="the snapshot's UUID")
     parser.add_argument(
         "--zone", required=True, type=types.zone, help="the zone the snapshot was archived from"
@@ -61,7 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--template", metavar="NAME", help="register it as an Exoscale template named NAME"
     )
-    template_arguments(parser)
+    _template_arguments(parser)
+
+
+def _template_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a restore as a template (:mod:`worker.commands.restore_template`)."""
+    group = parser.add_argument_group("as a template (with --template NAME)")
+    group.add_argument(
+        "--target-zone", type=types.zone, help="register the template here (default: --zone)"
+    )
+    group.add_argument("--wait", action="store_true", help="follow the job to its end")
+    group.add_argument("--local", action="store_true", help="run the job in this process")
+    group.add_argument("--json", action="store_true", help="print one JSON object")
+    group.add_argument("--boot-mode", choices=BOOT_MODES, help="override the source's boot mode")
+    group.add_argument("--default-user", metavar="USER", help="override the default user")
+    group.add_argument(
+        "--disable-password", action="store_true", help="register without password login"
+    )
+    group.add_argument(
+        "--disable-ssh-key", action="store_true", help="register without SSH key login"
+    )
 
 
 def _target(args: argparse.Namespace) -> str:

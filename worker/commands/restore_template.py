@@ -5,7 +5,8 @@ The archive is checked here first (its manifest reads back valid, every object i
 its size, a segmented image fits in one object of the store): a missing object is one line and
 exit status 1 before anything is queued. Then the restore job (:mod:`jobs.restore_steps`) is
 queued for the workers, or run in this process with ``--local``, and with ``--wait`` (or
-``--local``) followed to its end.
+``--local``) followed to its end. Its options are defined with the command's
+(:mod:`worker.commands.restore`), so that a restore to a file does not import this module.
 
 The template gets the source instance's boot mode, login flags and default user as the
 manifest recorded them (Exoscale's defaults for older archives), unless overridden.
@@ -25,7 +26,6 @@ import sys
 import time
 from typing import Any
 
-from worker import argtypes as types
 from worker.archive import ArchiveStore
 from worker.commands.archive import local_store
 from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json
@@ -33,7 +33,7 @@ from worker.commands.restore import find_manifest
 from worker.errors import CHECKSUM_REFUSED
 from worker.jobstore import RESTORE, JobRecord, JobStore, RedisJobStore, Step
 from worker.join import plan_join
-from worker.manifest import BOOT_MODES, Manifest
+from worker.manifest import Manifest
 from worker.progress import ProgressDisplay
 from worker.reader import check_objects
 from worker.settings import Settings, load
@@ -42,26 +42,6 @@ from worker.units import format_size
 
 #: How a failure that is a refused verification begins (exit status 3).
 _VERIFICATION_FAILED = (CHECKSUM_REFUSED, "md5 mismatch")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of a restore as a template (``--template`` itself is a target of
-    :mod:`worker.commands.restore`)."""
-    group = parser.add_argument_group("as a template (with --template NAME)")
-    group.add_argument(
-        "--target-zone", type=types.zone, help="register the template here (default: --zone)"
-    )
-    group.add_argument("--wait", action="store_true", help="follow the job to its end")
-    group.add_argument("--local", action="store_true", help="run the job in this process")
-    group.add_argument("--json", action="store_true", help="print one JSON object")
-    group.add_argument("--boot-mode", choices=BOOT_MODES, help="override the source's boot mode")
-    group.add_argument("--default-user", metavar="USER", help="override the default user")
-    group.add_argument(
-        "--disable-password", action="store_true", help="register without password login"
-    )
-    group.add_argument(
-        "--disable-ssh-key", action="store_true", help="register without SSH key login"
-    )
 
 
 def _usage_problem(args: argparse.Namespace) -> str | None:

@@ -405,7 +405,9 @@ def _commands(results: Results) -> list[str]:
         for command in m.commands:
             if command not in seen:
                 seen.append(command)
-    restores = (restore.OURS, restore.AWS, restore.RCLONE) if results.restore else ()
+    restores = (
+        (restore.OURS, restore.AWS, restore.RCLONE, restore.RCLONE_FILE) if results.restore else ()
+    )
     for command in (peers.RCLONE_COPY, peers.RCLONE_MD5, peers.AWS_PIPE, *restores):
         if command not in seen:
             seen.append(command)

@@ -38,8 +38,8 @@ async def run_job(
       zone, snapshot_id: The job.
       retry: How often a step that failed for a transient reason is tried again.
       steps, first, on_failure: The job's steps, the one it starts with, and what ends it
-        as failed (default: an archive job's, :mod:`jobs.steps`; a restore passes
-        :mod:`jobs.restore_steps`').
+        as failed (default: an archive job's, from :mod:`jobs.steps`; a restore passes those
+        of :mod:`jobs.restore_steps`).
     """
     step: str | None = first
     failures = 0

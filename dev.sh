@@ -2,7 +2,7 @@
 # Set-up and entry points for a fresh machine.
 #   ./dev.sh demo   archive a simulated Exoscale snapshot into a local S3 endpoint, end to end
 #   ./dev.sh test   run the test suite (starts Redis and RabbitMQ when they are not running)
-#   ./dev.sh bench  run the benchmarks and rewrite bench/RESULTS.md
+#   ./dev.sh bench  run the benchmarks (archive, resume, restore) and rewrite bench/RESULTS.md
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bench import peers, recovery
+from bench import peers, recovery, restore
 from bench.results import Measurement, MemoryRun, Results, Resume
 from worker.units import MiB, format_size
 
@@ -385,6 +385,7 @@ def render(results: Results) -> str:
         "",
         *recovery.section(results.recovery),
         "",
+        *(restore.render(results.restore) if results.restore else []),
         "## Commands",
         "",
         "`$URL` is the presigned URL; `$ENDPOINT`, `$BUCKET`, `$KEY` the S3 endpoint, a bucket "
@@ -406,7 +407,10 @@ def _commands(results: Results) -> list[str]:
         for command in m.commands:
             if command not in seen:
                 seen.append(command)
-    for command in (peers.RCLONE_COPY, peers.RCLONE_MD5, peers.AWS_PIPE):
+    restores = (
+        (restore.OURS, restore.AWS, restore.RCLONE, restore.RCLONE_FILE) if results.restore else ()
+    )
+    for command in (peers.RCLONE_COPY, peers.RCLONE_MD5, peers.AWS_PIPE, *restores):
         if command not in seen:
             seen.append(command)
     return seen

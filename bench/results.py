@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bench.measure import median
 from bench.recovery import Recovery
+
+if TYPE_CHECKING:
+    from bench.restore import RestoreResults
 
 
 @dataclass
@@ -177,5 +181,6 @@ class Results:
     memory: list[MemoryRun] = field(default_factory=list)
     resume: Resume | None = None
     recovery: Recovery | None = None
+    restore: RestoreResults | None = None
     duration: float = 0.0
     waited: float = 0.0

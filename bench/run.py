@@ -15,6 +15,10 @@ Issue 3's benchmark and issue 5's figure, in one run (see bench/RESULTS.md for t
 - ``snaparchive worker`` killed mid-transfer with another one standing by, ``--recovery-runs``
   times (default 5), with the default timings: the time from the kill to the new worker's
   first byte (:mod:`bench.recovery`; needs Redis at 127.0.0.1:6379).
+- restore throughput (issue 12, :mod:`bench.restore`): ``snaparchive restore --output FILE``
+  against ``aws s3 cp - | tee FILE | md5sum`` and ``rclone cat | md5sum``, from moto and from a
+  fast local S3 source, over an image of ``--size`` (at most 1 GiB: moto reads a whole object
+  for every ranged GET).
 
 Peers that are not installed are skipped with a note. Nothing is downloaded at run time.
 ``--quick`` runs everything small and once, and writes its report to a temporary file
@@ -38,7 +42,7 @@ from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
-from bench import machine, peers, recovery, report
+from bench import machine, peers, recovery, report, restore
 from bench.imageserver import KEY, SECRET, Image, ImageServer
 from bench.measure import Sample, kill_session, run, wait_quiet
 from bench.moto import CREDENTIALS, MotoServer
@@ -86,6 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="run the worker kills alone and rewrite only their section of --output",
     )
+    parser.add_argument("--no-restore", action="store_true", help="skip the restore runs")
     parser.add_argument("--quick", action="store_true", help="256 MiB images, one run each")
     parser.add_argument("--output", type=Path, help="report path (bench/RESULTS.md)")
     args = parser.parse_args(argv)
@@ -559,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
             results.resume = bench.resume()
         if not args.no_recovery:
             results.recovery = bench.worker_kills()
+    if not args.no_restore:
+        log("restore throughput")
+        size = min(args.size, restore.MAX_SIZE)
+        results.restore = restore.measure(size, args.runs, tools, args.quick)
     end_commit = machine.describe()["commit"]
     if end_commit != results.machine["commit"]:
         # Every pipeline run imports the engine afresh: the runs measured both versions.

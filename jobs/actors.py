@@ -1,4 +1,5 @@
-"""The Dramatiq actors of the archive pipeline: one per step of :mod:`jobs.steps`.
+"""The Dramatiq actors of the archive pipeline, one per step of :mod:`jobs.steps`, and of
+restore jobs, one per step of :mod:`jobs.restore_steps`.
 
 Importing this module configures the broker from ``SNAPARCHIVE_BROKER_URL``. Actors are
 plain functions that run their step on the worker process's event loop (the AsyncIO
@@ -250,6 +251,33 @@ def backup_await_archive(run_id: str, instance_id: str) -> None:
     _drive("backup_await_archive", run_id, instance_id)
 
 
+# -- restore jobs (jobs.restore_steps): each step is short, the join one slice at a time ------
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def restore_check(zone: str, snapshot_id: str) -> None:
+    """Check the archive a restore reads."""
+    _drive("restore_check", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=(_settings.transfer_slice + 600) * 1000, **_options)
+def restore_join(zone: str, snapshot_id: str) -> None:
+    """Join a segmented archive server-side for one slice."""
+    _drive("restore_join", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def restore_register(zone: str, snapshot_id: str) -> None:
+    """Register the template from a presigned URL of the image."""
+    _drive("restore_register", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def restore_await(zone: str, snapshot_id: str) -> None:
+    """Check the registration once; re-enqueued with a delay while it is pending."""
+    _drive("restore_await", zone, snapshot_id)
+
+
 ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "start_export": start_export,
     "await_export": await_export,
@@ -257,6 +285,10 @@ ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "backup_snapshot": backup_snapshot,
     "backup_await_snapshot": backup_await_snapshot,
     "backup_await_archive": backup_await_archive,
+    "restore_check": restore_check,
+    "restore_join": restore_join,
+    "restore_register": restore_register,
+    "restore_await": restore_await,
 }
 
 

@@ -73,7 +73,10 @@ class LocalRunner:
 
 
 async def run_job(
-    ctx: Context, zone: str, snapshot_id: str, retry: RetryPolicy = LOCAL_RETRIES
+    ctx: Context,
+    zone: str,
+    snapshot_id: str,
+    retry: RetryPolicy = LOCAL_RETRIES,
 ) -> None:
     """Drive the archive job of ``zone``/``snapshot_id`` (already claimed) until it ends."""
     await LocalRunner(ctx, retry).run(ARCHIVE.first, zone, snapshot_id)

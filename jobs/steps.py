@@ -33,6 +33,7 @@ from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.manifest import ArchiveId
 from worker.models import Snapshot
 from worker.polling import poll_interval
+from worker.source_template import lookup_source_template
 from worker.transfer import (
     ArchiveResult,
     Checkpoint,
@@ -202,7 +203,7 @@ async def transfer_snapshot(ctx: Context, zone: str, snapshot_id: str) -> Next |
         watch = TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
         try:
             result = await archive_export(
-                _source(ctx, job, snapshot),
+                await _source(ctx, job, snapshot),
                 ctx.archive,
                 ctx.settings.transfer,
                 checkpoint=saved,
@@ -277,8 +278,9 @@ async def _finish(ctx: Context, zone: str, snapshot_id: str, result: ArchiveResu
     await ctx.store.clear_checkpoint(zone, snapshot_id)
 
 
-def _source(ctx: Context, job: JobRecord, snapshot: Snapshot) -> ExportSource:
-    """What the transfer of ``job`` reads: the export of ``snapshot``."""
+async def _source(ctx: Context, job: JobRecord, snapshot: Snapshot) -> ExportSource:
+    """What the transfer of ``job`` reads: the export of ``snapshot``, and how its instance
+    booted (for the manifest; ``None`` when that cannot be read, which fails nothing)."""
     assert snapshot.export is not None
     zone = job.zone
 
@@ -299,6 +301,7 @@ def _source(ctx: Context, job: JobRecord, snapshot: Snapshot) -> ExportSource:
         url=snapshot.export.presigned_url,
         refresh_url=refresh_url,
         policy=job.policy,
+        template=await lookup_source_template(ctx.exoscale, zone, snapshot.instance_id),
     )
 
 

@@ -34,8 +34,11 @@ _LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
 #: Subcommand → (module with add_arguments/run, help).
 COMMANDS = {
     "archive": ("worker.commands.archive", "archive one snapshot (queue it, or --local)"),
-    "status": ("worker.commands.status", "show archive jobs"),
-    "restore": ("worker.commands.restore", "read an archive back, verified, to a file or stdout"),
+    "status": ("worker.commands.status", "show archive and restore jobs"),
+    "restore": (
+        "worker.commands.restore",
+        "restore an archive, verified: as an Exoscale template, to a file or stdout",
+    ),
     "cancel": ("worker.commands.cancel", "stop a job and abort its uploads"),
     "gc": ("worker.commands.gc", "list and abort abandoned multipart uploads"),
     "worker": ("worker.commands.worker", "run Dramatiq workers for the pipeline"),

@@ -186,6 +186,27 @@ class OperationFailed(ApiError):
         self.reason = reason
 
 
+class ChecksumRefused(ApiError):
+    """Exoscale refused a template registration because the image it read did not have the
+    checksum it was given: a verification that failed (exit status 3). The message begins
+    with :data:`CHECKSUM_REFUSED`.
+
+    Parameters:
+      operation_id: The registration's operation.
+      message: What Exoscale said.
+    """
+
+    verification = True
+
+    def __init__(self, operation_id: str, message: str) -> None:
+        super().__init__(f"{CHECKSUM_REFUSED}: {message} (operation {operation_id})")
+        self.operation_id = operation_id
+
+
+#: How the message of a :class:`ChecksumRefused` begins.
+CHECKSUM_REFUSED = "checksum refused by Exoscale"
+
+
 class QuotaExceeded(ApiError):
     """A create call refused because the organisation's quota of that resource is used up.
 

@@ -1,4 +1,8 @@
-"""Reading an archive back: stream its objects in order, verify the MD5, write the image.
+"""Reading an archive back to a file or a stream: fast, verified, never a wrong file in place.
+
+The objects are read by ranged GETs several at a time (:class:`~worker.reader.RangedReader`),
+hashed strictly in order (in a thread, beside the next writes and reads) and written with
+``aiofiles``; memory stays at a few chunks whatever the image size.
 
 A restore never leaves a wrong file where the caller asked for one: bytes go to a
 temporary file beside the destination, renamed into place only after the whole image
@@ -9,77 +13,118 @@ planted in its place), readable by its owner only, and removed when the restore 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from botocore.exceptions import BotoCoreError, ClientError
+import aiofiles
 
-from worker.errors import ChecksumMismatch, SnaparchiveError, StoreError, StoreIntegrityError
-from worker.manifest import ArchivedObject, Manifest
+from worker.errors import ChecksumMismatch, SnaparchiveError
+from worker.manifest import Manifest
+from worker.reader import CHUNK_SIZE, CONCURRENCY, RangedReader, check_objects
+from worker.s3 import Bucket
 
-CHUNK = 8 << 20
+#: Chunks waiting for the hash, and for the write, at most.
+QUEUED = 2
+#: Where the bytes go: an awaitable write of one chunk (``None``: verify only).
+Write = Callable[[bytes], Awaitable[object]]
 
 
 class OutputError(SnaparchiveError):
     """The restored image cannot be written where it was asked for."""
 
 
-def stream_archive(
-    client: Any,
-    bucket: str,
+async def stream_archive(
+    bucket: Bucket,
     manifest: Manifest,
-    sink: BinaryIO | None,
+    write: Write | None,
     on_progress: Callable[[int, int], None] | None = None,
-    sink_name: str = "the output",
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    concurrency: int = CONCURRENCY,
 ) -> str:
-    """Read every object of ``manifest`` in order, hash it, and write it to ``sink``.
+    """Read every object of ``manifest`` in order, hash it, and hand it to ``write``.
+
+    Every object is looked at first (HEAD, with its size), so a missing one fails before a
+    byte is read.
 
     Parameters:
-      client: A boto3 S3 client.
-      bucket: The archive's bucket.
+      bucket: The archive's bucket (with at least ``concurrency`` threads).
       manifest: The archive's manifest (as :meth:`Manifest.from_json` checked it).
-      sink: Where the image bytes go (``None``: verify only).
+      write: Where the image bytes go (``None``: verify only). Each chunk is written while
+        it is hashed and the next ones are read.
       on_progress: Called with (bytes read, total) after each chunk.
-      sink_name: How errors name ``sink`` (default ``the output``).
+      chunk_size, concurrency: Bytes per ranged GET and GETs in flight (defaults
+        :data:`~worker.reader.CHUNK_SIZE`, :data:`~worker.reader.CONCURRENCY`).
 
     Returns:
       The MD5 hex of what was read.
 
     Raises:
-      StoreIntegrityError: An object is missing, or its size differs from the manifest's.
+      MissingObject: An object is missing.
+      StoreIntegrityError: An object's size differs from the manifest's.
       StoreError: The store failed reading an object (the message names it).
-      OutputError: Writing to ``sink`` failed.
+      OutputError: ``write`` failed.
       ChecksumMismatch: The bytes do not hash to the manifest's MD5.
     """
+    await check_objects(bucket, manifest.objects)
+    reader = RangedReader(bucket, manifest.objects, chunk_size=chunk_size, concurrency=concurrency)
     digest = hashlib.md5()
     done = 0
-    for obj in manifest.objects:
-        read = 0
-        with contextlib.closing(_read_object(client, bucket, obj)) as chunks:
-            for chunk in chunks:
-                read += len(chunk)
-                if read > obj.size:  # checked before the bytes go anywhere
-                    raise StoreIntegrityError(
-                        f"{obj.key}: stored more than the {obj.size} bytes the manifest says"
-                    )
-                digest.update(chunk)
-                if sink is not None:
-                    _write_all(sink, chunk, sink_name)
-                done += len(chunk)
-                if on_progress is not None:
-                    on_progress(done, manifest.size)
-        if read != obj.size:
-            raise StoreIntegrityError(
-                f"{obj.key}: stored {read} bytes, the manifest says {obj.size}"
-            )
+    # The hash (one thread, strictly in order: the slowest stage) and the writes each take
+    # chunks from a short queue of their own, so neither waits for the other and the reads
+    # run ahead; at most ``concurrency`` + 2 * QUEUED chunks are held at once.
+    hashing: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED)
+    writing: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED)
+
+    async def hasher() -> None:
+        while (chunk := await hashing.get()) is not None:
+            # hashlib lets go of the GIL for big buffers: the hash runs beside everything else.
+            await asyncio.to_thread(digest.update, chunk)
+
+    async def writer() -> None:
+        assert write is not None
+        while (chunk := await writing.get()) is not None:
+            await write(chunk)
+
+    async def reading() -> None:
+        nonlocal done
+        async for chunk in reader.chunks():
+            await hashing.put(chunk)
+            if write is not None:
+                await writing.put(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, manifest.size)
+        await hashing.put(None)
+        await writing.put(None)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(reading())
+            group.create_task(hasher())
+            if write is not None:
+                group.create_task(writer())
+    except BaseExceptionGroup as failed:
+        # One stage failed and the others were cancelled: its error, as it was raised.
+        raise failed.exceptions[0] from None
     actual = digest.hexdigest()
     if actual != manifest.md5 or done != manifest.size:
         raise ChecksumMismatch(manifest.md5, actual)
     return actual
+
+
+def stream_writer(sink: BinaryIO, sink_name: str) -> Write:
+    """A :data:`Write` to a binary stream (stdout), in a thread."""
+
+    async def write(chunk: bytes) -> None:
+        await asyncio.to_thread(_write_all, sink, chunk, sink_name)
+
+    return write
 
 
 def _write_all(sink: BinaryIO, chunk: bytes, sink_name: str) -> None:
@@ -96,49 +141,20 @@ def _write_all(sink: BinaryIO, chunk: bytes, sink_name: str) -> None:
         raise OutputError(f"cannot write {sink_name}: {_reason(exc)}") from None
 
 
-def _read_object(client: Any, bucket: str, obj: ArchivedObject) -> Generator[bytes]:
-    """Yield the bytes of ``obj``; every failure of the store becomes one error naming it."""
-    try:
-        answer = client.get_object(Bucket=bucket, Key=obj.key)
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        if code in ("NoSuchKey", "404") or status == 404:
-            raise StoreIntegrityError(
-                f"{obj.key}: missing from the store, though the manifest lists it"
-            ) from None
-        message = f"HTTP {status} {code} {error.get('Message', '')}".rstrip()
-        raise StoreError(f"S3 GetObject {obj.key} failed: {message}") from None
-    except BotoCoreError as exc:
-        raise StoreError(f"S3 GetObject {obj.key} failed: {exc}") from None
-    body = answer["Body"]
-    try:
-        stated = answer.get("ContentLength")
-        if isinstance(stated, int) and stated != obj.size:
-            raise StoreIntegrityError(
-                f"{obj.key}: stored {stated} bytes, the manifest says {obj.size}"
-            )
-        try:
-            yield from body.iter_chunks(CHUNK)
-        except (BotoCoreError, OSError) as exc:
-            raise StoreError(f"S3 GetObject {obj.key} failed while reading: {exc}") from None
-    finally:
-        body.close()
-
-
-def restore_to_file(
-    client: Any,
-    bucket: str,
+async def restore_to_file(
+    bucket: Bucket,
     manifest: Manifest,
     destination: Path,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    concurrency: int = CONCURRENCY,
 ) -> str:
     """Write the verified image to ``destination`` (atomically); return its MD5.
 
     The image goes to ``.{name}.partial`` beside ``destination`` first, created before any
-    object is read, with ``O_EXCL|O_NOFOLLOW`` and mode 0600; it is renamed over
-    ``destination`` once verified, and removed if anything fails.
+    object is read, with ``O_EXCL|O_NOFOLLOW`` and mode 0600, written with ``aiofiles``; it
+    is renamed over ``destination`` once verified, and removed if anything fails.
 
     Raises:
       OutputError: The temporary file cannot be created (already there, no permission),
@@ -158,10 +174,19 @@ def restore_to_file(
         raise OutputError(f"cannot create {partial}: {_reason(exc)}") from None
     try:
         try:
-            with os.fdopen(fd, "wb") as sink:
-                md5 = stream_archive(client, bucket, manifest, sink, on_progress, str(partial))
-                sink.flush()
-                os.fsync(sink.fileno())
+            async with aiofiles.open(fd, "wb", buffering=0) as sink:
+
+                async def write(chunk: bytes) -> None:
+                    try:
+                        await sink.write(chunk)
+                    except OSError as exc:
+                        raise OutputError(f"cannot write {partial}: {_reason(exc)}") from None
+
+                md5 = await stream_archive(
+                    bucket, manifest, write, on_progress,
+                    chunk_size=chunk_size, concurrency=concurrency,
+                )  # fmt: skip
+                await asyncio.to_thread(os.fsync, fd)
             os.replace(partial, destination)
         except OSError as exc:
             raise OutputError(f"cannot write {destination}: {_reason(exc)}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,10 @@ from botocore.exceptions import ClientError, InvalidRegionError
 
 from worker.errors import ConfigError
 from worker.settings import S3Settings
+
+#: botocore's signer logs the string it signs and the signature at DEBUG: with a presigned URL's
+#: signature, the URL (a credential) could be rebuilt from the log. Those lines never go out.
+logging.getLogger("botocore.auth").setLevel(logging.INFO)
 
 #: Attempts per S3 call, first one included (botocore ``standard`` mode backs off up to 20 s).
 #: botocore's ``total_max_attempts`` counts attempts; its ``max_attempts`` counts retries.
@@ -50,6 +55,24 @@ def s3_client(settings: S3Settings, *, max_pool_connections: int = 10) -> Any:
         ) from None
     except ValueError as exc:
         raise ConfigError(f"SNAPARCHIVE_S3_ENDPOINT: {exc}") from None
+
+
+def presigned_get_url(settings: S3Settings, key: str, ttl: int) -> str:
+    """Return a presigned GET URL of ``key`` in the bucket, signed with SigV4, valid ``ttl``
+    seconds (at most 7 days).
+
+    The URL is a credential: whoever holds it reads the object until it expires. Make it
+    where it is used, and never log, store or send it anywhere else. Signing is local: no
+    request is made.
+    """
+    config = Config(signature_version="s3v4", s3={"addressing_style": settings.addressing_style})
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=settings.endpoint, region_name=settings.region, config=config
+    )
+    url = client.generate_presigned_url(
+        "get_object", Params={"Bucket": settings.bucket, "Key": key}, ExpiresIn=ttl
+    )
+    return str(url)
 
 
 class ViewReader(io.RawIOBase):

@@ -35,6 +35,12 @@ EXOSCALE_ZONES = (
     "hr-zag-1",
 )
 DEFAULT_ENDPOINT = "https://api-{zone}.exoscale.com/v2"
+#: The largest object of the default store: SOS takes 4 TiB (AWS S3: 5 TiB).
+DEFAULT_OBJECT_LIMIT = 4 * TiB
+#: Lifetime of the presigned URL a template is registered from: 12 hours, long enough for
+#: a slow registration; SigV4 allows 7 days at most.
+DEFAULT_RESTORE_URL_TTL = 12 * 3600
+MAX_RESTORE_URL_TTL = 7 * 24 * 3600
 
 #: Dramatiq queue names; also safe inside Redis keys and RabbitMQ queue names.
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -202,7 +208,10 @@ class S3Settings:
     ``SNAPARCHIVE_S3_BUCKET`` (required), ``SNAPARCHIVE_S3_PREFIX`` (default ``snaparchive/``),
     ``SNAPARCHIVE_S3_REGION`` (default ``AWS_REGION``, else boto3's chain:
     ``AWS_DEFAULT_REGION``, the profile's region), ``SNAPARCHIVE_S3_ADDRESSING_STYLE``
-    (``path`` default, ``virtual`` or ``auto``). Credentials come from boto3's usual chain
+    (``path`` default, ``virtual`` or ``auto``), ``SNAPARCHIVE_OBJECT_LIMIT`` (the largest
+    object the store holds, default ``4TiB`` as SOS; AWS S3 takes 5 TiB: a segmented archive
+    bigger than it cannot be joined into one object for a restore as a template). Credentials
+    come from boto3's usual chain
     (``AWS_ACCESS_KEY_ID``, ...).
     """
 
@@ -211,6 +220,7 @@ class S3Settings:
     prefix: str = "snaparchive/"
     region: str | None = None
     addressing_style: str = "path"
+    object_limit: int = DEFAULT_OBJECT_LIMIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> S3Settings:
@@ -229,6 +239,7 @@ class S3Settings:
             # None: boto3's own chain; a fixed default here would override it.
             region=env.get("SNAPARCHIVE_S3_REGION") or env.get("AWS_REGION") or None,
             addressing_style=style,
+            object_limit=_size(env, "SNAPARCHIVE_OBJECT_LIMIT", DEFAULT_OBJECT_LIMIT),
         )
 
     def require_bucket(self) -> None:
@@ -290,7 +301,10 @@ class Settings:
     as dead and its messages go back to the queue, default :data:`DEFAULT_HEARTBEAT_TIMEOUT`),
     ``SNAPARCHIVE_QUEUE`` (the Dramatiq queue of every actor and the prefix of the job store's
     keys, default ``snaparchive``: separate environments can share one broker and one Redis),
-    ``SNAPARCHIVE_METRICS_PORT`` (where ``worker`` serves Prometheus metrics; default none).
+    ``SNAPARCHIVE_METRICS_PORT`` (where ``worker`` serves Prometheus metrics; default none),
+    ``SNAPARCHIVE_RESTORE_URL_TTL`` (seconds the presigned URL of a restore as a template
+    lives, default 43200, at most 604800: SigV4's limit), ``SNAPARCHIVE_RESTORE_TIMEOUT``
+    (seconds to wait for a template registration, default 7200).
     """
 
     exoscale: ExoscaleSettings = field(default_factory=ExoscaleSettings)
@@ -304,6 +318,8 @@ class Settings:
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
     queue: str = "snaparchive"
     metrics_port: int | None = None
+    restore_url_ttl: int = DEFAULT_RESTORE_URL_TTL
+    restore_timeout: int = 2 * 3600
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -328,4 +344,14 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         heartbeat_timeout=_int(env, "SNAPARCHIVE_HEARTBEAT_TIMEOUT", DEFAULT_HEARTBEAT_TIMEOUT),
         queue=queue,
         metrics_port=_port(env, "SNAPARCHIVE_METRICS_PORT"),
+        restore_url_ttl=_restore_url_ttl(env),
+        restore_timeout=_int(env, "SNAPARCHIVE_RESTORE_TIMEOUT", 2 * 3600),
     )
+
+
+def _restore_url_ttl(env: Mapping[str, str]) -> int:
+    name = "SNAPARCHIVE_RESTORE_URL_TTL"
+    ttl = _int(env, name, DEFAULT_RESTORE_URL_TTL)
+    if ttl > MAX_RESTORE_URL_TTL:
+        raise ConfigError(f"{name}: at most {MAX_RESTORE_URL_TTL} (7 days, SigV4's limit)")
+    return ttl

@@ -228,4 +228,3 @@ async def test_a_slow_part_holds_the_download_within_the_buffers_of_the_checkpoi
     assert bucket.md5([result.objects[0].key]) == source.md5
     assert s3_proxy.slow_down[2] == 0  # part 2 was held up indeed
     assert max(ahead) <= buffer_count(PART, small_transfer) * PART
-

@@ -1,4 +1,10 @@
-"""``snaparchive cancel``: stop a job cleanly and abort the uploads it left open."""
+"""``snaparchive cancel``: stop a job cleanly and abort the uploads it left open.
+
+An archive job's multipart uploads are aborted; a restore job's temporary joined object (or
+its upload) is deleted. A registration Exoscale has already started is not stopped by it:
+a template that still appears can be deleted with ``exo compute instance-template delete``.
+When a snapshot has jobs of both kinds, the running one is cancelled.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +18,10 @@ from typing import Any
 from worker import argtypes as types
 from worker.archive import ArchiveStore
 from worker.commands.follow import outcome_json
-from worker.jobstore import RedisJobStore, Step, find_jobs
+from worker.jobstore import ARCHIVE, RedisJobStore, Step, find_jobs
 from worker.settings import load
 
-#: Seconds to wait for the transferring worker to stop, at least. A worker that died holds
-#: the lease until it expires (SNAPARCHIVE_LEASE_TTL): then this command acts on its behalf.
+#: Seconds to wait for the working worker to stop, at least.
 ACK_TIMEOUT = 30.0
 
 
@@ -50,7 +55,7 @@ def _outcome(
 
 
 async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> int:
-    from jobs.steps import finish_cancelled
+    from jobs import restore_steps, steps
 
     settings = load()
     settings.s3.require_bucket()
@@ -62,7 +67,12 @@ async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> 
             where = f"{zone}/{snapshot_id}" if zone else f"snapshot {snapshot_id}"
             body = {"zone": zone, "snapshot_id": snapshot_id, "status": None}
             return _outcome(as_json, body, error=f"no job for {where}", status=1)
-        zone = record.zone
+        zone, kind = record.zone, record.kind
+        finish_cancelled = steps.finish_cancelled
+        done_note = "its multipart uploads are aborted"
+        if kind != ARCHIVE:
+            finish_cancelled = restore_steps.finish_cancelled
+            done_note = "its temporary object is deleted"
         if record.step == Step.UNREADABLE:
             # No step works on it any more; what it left open is gc's (once no lease holds it).
             error = f"{zone}/{snapshot_id}: {record.error}"
@@ -72,24 +82,27 @@ async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> 
             status = 0 if record.step == Step.CANCELLED else 1
             return _outcome(as_json, outcome_json(record), note=note, status=status)
         # The flag first: a step running right now sees it at its next look.
-        if not await store.update(zone, snapshot_id, cancel_requested=True):
+        if not await store.update(zone, snapshot_id, kind=kind, cancel_requested=True):
             error = f"the job of {zone}/{snapshot_id} is gone"
             return _outcome(as_json, outcome_json(record), error=error, status=1)
-        patience = max(ACK_TIMEOUT, settings.lease_ttl + 10)
+        # A dead worker's lease expires after SNAPARCHIVE_LEASE_TTL (a restore step's after
+        # restore_steps.STEP_LEASE): then this command acts on its behalf.
+        lease = settings.lease_ttl if kind == ARCHIVE else restore_steps.STEP_LEASE
+        patience = max(ACK_TIMEOUT, lease + 10)
         deadline = time.monotonic() + patience
+        owner = "snaparchive-cancel"
         while record is not None and record.active and time.monotonic() < deadline:
-            # A worker holding the lease stops its transfer and aborts the uploads itself.
-            if await store.acquire_lease(zone, snapshot_id, "snaparchive-cancel", ACK_TIMEOUT):
+            # A worker holding the lease stops its work and cleans up itself.
+            if await store.acquire_lease(zone, snapshot_id, owner, ACK_TIMEOUT, kind=kind):
                 async with ArchiveStore(settings.s3) as archive:
-                    await finish_cancelled(store, archive, zone, snapshot_id, "snaparchive-cancel")
-                await store.release_lease(zone, snapshot_id, "snaparchive-cancel")
+                    await finish_cancelled(store, archive, zone, snapshot_id, owner)
+                await store.release_lease(zone, snapshot_id, owner, kind=kind)
                 break
             await asyncio.sleep(0.5)
-            record = await store.get(zone, snapshot_id)
-        record = await store.get(zone, snapshot_id)
+            record = await store.get(zone, snapshot_id, kind=kind)
+        record = await store.get(zone, snapshot_id, kind=kind)
         if record is not None and record.step == Step.CANCELLED:
-            note = "cancelled; its multipart uploads are aborted"
-            return _outcome(as_json, outcome_json(record), note=note, status=0)
+            return _outcome(as_json, outcome_json(record), note=f"cancelled; {done_note}", status=0)
         error = (
             f"{zone}/{snapshot_id} did not stop within {patience:.0f}s "
             f"(it is {record.step if record else 'gone'})"

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from worker.errors import EXIT_FAILED, EXIT_OK, EXIT_VERIFICATION, SnaparchiveError
-from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
+from worker.jobstore import ARCHIVE, STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.progress import ProgressDisplay
 from worker.units import format_size
 
@@ -32,7 +32,11 @@ class FollowError(SnaparchiveError):
 STEP_NOTES = {
     Step.AWAITING_EXPORT: "waiting for Exoscale to export the snapshot",
     Step.TRANSFERRING: "streaming, verifying and archiving",
+    Step.JOINING: "joining the archive's segments into one object (server-side)",
+    Step.REGISTERING: "waiting for Exoscale to register the template",
 }
+#: Steps whose progress (``bytes_done`` of ``bytes_total``) is shown.
+_PROGRESSING = (Step.TRANSFERRING, Step.JOINING)
 
 
 async def follow(
@@ -42,6 +46,7 @@ async def follow(
     display: ProgressDisplay | None,
     interval: float = 0.5,
     patience: float = UNREACHABLE_PATIENCE,
+    kind: str = ARCHIVE,
 ) -> JobRecord:
     """Poll a job until it ends, showing its steps and progress; return its last record.
 
@@ -51,6 +56,7 @@ async def follow(
       interval: Seconds between looks (default 0.5).
       patience: Seconds to ride through a job store that does not answer, looking again with
         backoff (default :data:`UNREACHABLE_PATIENCE`); said once on stderr when it starts.
+      kind: The job's kind (default an archive).
 
     Raises:
       FollowError: The record is gone (a Redis restart without persistence), or the store did
@@ -61,7 +67,7 @@ async def follow(
     pause = interval
     while True:
         try:
-            record = await asyncio.wait_for(store.get(zone, snapshot_id), LOOK_TIMEOUT)
+            record = await asyncio.wait_for(store.get(zone, snapshot_id, kind=kind), LOOK_TIMEOUT)
         except STORE_UNREACHABLE as error:
             now = time.monotonic()
             if unreachable_since is None:
@@ -95,7 +101,7 @@ async def follow(
         if display is not None:
             if record.step != last_step and record.step in STEP_NOTES:
                 display.note(f"{zone}/{snapshot_id}: {STEP_NOTES[record.step]}")
-            if record.step == Step.TRANSFERRING and record.bytes_total:
+            if record.step in _PROGRESSING and record.bytes_total:
                 display.update(record.bytes_done, record.bytes_total)
         last_step = record.step
         if not record.active:
@@ -116,6 +122,7 @@ def outcome_json(record: JobRecord) -> dict[str, Any]:
     """The one JSON object ``archive --json`` prints when a job ends."""
     body: dict[str, Any] = {
         "job": f"{record.zone}/{record.snapshot_id}",
+        **({"kind": record.kind} if record.kind != ARCHIVE else {}),
         "zone": record.zone,
         "snapshot_id": record.snapshot_id,
         "status": record.step,

@@ -1,4 +1,4 @@
-"""``snaparchive status``: where archive jobs stand, from the shared job store."""
+"""``snaparchive status``: where archive and restore jobs stand, from the shared job store."""
 
 from __future__ import annotations
 
@@ -44,8 +44,14 @@ def _progress(record: JobRecord) -> str:
 def _detail(record: JobRecord) -> str:
     if record.error:
         return record.error
+    if record.result and "template_id" in record.result:
+        result = record.result
+        return f"template {result['name']!r} ({result['template_id']}) in {result['zone']}"
     if record.result:
         return f"s3://{record.result['bucket']}/{record.result['manifest']}"
+    if record.restore and record.active:
+        restore = record.restore
+        return f"as template {restore.get('name')!r} in {restore.get('target_zone')}"
     if record.cancel_requested:
         return "cancel requested"
     return ""
@@ -89,6 +95,7 @@ async def _status(args: argparse.Namespace) -> int:
         for record in records:
             row = outcome_json(record)
             row.update(
+                kind=record.kind,
                 bytes_done=record.bytes_done,
                 bytes_total=record.bytes_total,
                 updated_at=record.updated_at,
@@ -99,12 +106,15 @@ async def _status(args: argparse.Namespace) -> int:
         else:
             print(json.dumps({"jobs": rows, "policies": policies}, indent=2))
     else:
-        print(f"{'ZONE':<10} {'SNAPSHOT':<36} {'STEP':<15} {'PROGRESS':<22} {'AGE':>6}  DETAIL")
+        print(
+            f"{'ZONE':<10} {'SNAPSHOT':<36} {'KIND':<8} {'STEP':<15} {'PROGRESS':<22} "
+            f"{'AGE':>6}  DETAIL"
+        )
         for r in records:
             age = f"{(time.time() - r.updated_at) / 60:.0f}m"
             print(
-                f"{r.zone:<10} {r.snapshot_id:<36} {r.step:<15} {_progress(r):<22} {age:>6}  "
-                f"{_detail(r)}"
+                f"{r.zone:<10} {r.snapshot_id:<36} {r.kind:<8} {r.step:<15} {_progress(r):<22} "
+                f"{age:>6}  {_detail(r)}"
             )
         if policies:
             _print_policies(policies)

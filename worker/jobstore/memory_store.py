@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from worker.jobstore.record import REPLACEABLE, JobRecord, Step, new_record
+from worker.jobstore.record import ARCHIVE, REPLACEABLE, JobRecord, Step, job_key, new_record
 
 
 class MemoryJobStore:
@@ -19,7 +19,8 @@ class MemoryJobStore:
     def __init__(self) -> None:
         self.jobs: dict[str, JobRecord] = {}
         self.checkpoints: dict[str, dict[str, Any]] = {}
-        #: ``{zone}:{id}`` → (owner, expiry on the ``time.monotonic`` clock).
+        #: :func:`~worker.jobstore.record.job_key` → (owner, expiry on the ``time.monotonic``
+        #: clock). Jobs and checkpoints are keyed the same way.
         self.leases: dict[str, tuple[str, float]] = {}
         #: ``kind`` → ``key`` → document, in the order saved.
         self.docs: dict[str, dict[str, dict[str, Any]]] = {}
@@ -33,14 +34,14 @@ class MemoryJobStore:
         return True
 
     async def claim(
-        self, zone: str, snapshot_id: str, *, replace_done: bool = False
+        self, zone: str, snapshot_id: str, *, replace_done: bool = False, kind: str = ARCHIVE
     ) -> tuple[JobRecord, bool]:
-        key = f"{zone}:{snapshot_id}"
+        key = job_key(zone, snapshot_id, kind)
         existing = self.jobs.get(key)
         replaceable = REPLACEABLE | {Step.DONE} if replace_done else REPLACEABLE
         if existing is not None and existing.step not in replaceable:
             return replace(existing), False
-        self.jobs[key] = new_record(zone, snapshot_id)
+        self.jobs[key] = new_record(zone, snapshot_id, kind)
         self.checkpoints.pop(key, None)
         return replace(self.jobs[key]), True
 
@@ -52,13 +53,15 @@ class MemoryJobStore:
         del self.jobs[record.key]
         return True
 
-    async def get(self, zone: str, snapshot_id: str) -> JobRecord | None:
+    async def get(self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE) -> JobRecord | None:
         # A copy, as Redis returns: what a caller holds does not change under it.
-        record = self.jobs.get(f"{zone}:{snapshot_id}")
+        record = self.jobs.get(job_key(zone, snapshot_id, kind))
         return replace(record) if record is not None else None
 
-    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> bool:
-        record = self.jobs.get(f"{zone}:{snapshot_id}")
+    async def update(
+        self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE, **changes: Any
+    ) -> bool:
+        record = self.jobs.get(job_key(zone, snapshot_id, kind))
         if record is None:
             return False
         for name, value in changes.items():
@@ -78,41 +81,49 @@ class MemoryJobStore:
         return held[0] if held else None
 
     async def save_checkpoint(
-        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str, *, kind: str = ARCHIVE
     ) -> bool:
-        key = f"{zone}:{snapshot_id}"
+        key = job_key(zone, snapshot_id, kind)
         if self._holder(key) != owner:
             return False
         self.checkpoints[key] = data
         return True
 
-    async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None:
-        return self.checkpoints.get(f"{zone}:{snapshot_id}")
+    async def load_checkpoint(
+        self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE
+    ) -> dict[str, Any] | None:
+        return self.checkpoints.get(job_key(zone, snapshot_id, kind))
 
-    async def clear_checkpoint(self, zone: str, snapshot_id: str) -> None:
-        self.checkpoints.pop(f"{zone}:{snapshot_id}", None)
+    async def clear_checkpoint(self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE) -> None:
+        self.checkpoints.pop(job_key(zone, snapshot_id, kind), None)
 
-    async def acquire_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
-        key = f"{zone}:{snapshot_id}"
+    async def acquire_lease(
+        self, zone: str, snapshot_id: str, owner: str, ttl: float, *, kind: str = ARCHIVE
+    ) -> bool:
+        key = job_key(zone, snapshot_id, kind)
         if self._holder(key) not in (None, owner):
             return False
         self.leases[key] = (owner, time.monotonic() + ttl)
         return True
 
-    async def renew_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
-        key = f"{zone}:{snapshot_id}"
+    async def renew_lease(
+        self, zone: str, snapshot_id: str, owner: str, ttl: float, *, kind: str = ARCHIVE
+    ) -> bool:
+        key = job_key(zone, snapshot_id, kind)
         if self._holder(key) != owner:
             return False
         self.leases[key] = (owner, time.monotonic() + ttl)
         return True
 
-    async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None:
-        key = f"{zone}:{snapshot_id}"
+    async def release_lease(
+        self, zone: str, snapshot_id: str, owner: str, *, kind: str = ARCHIVE
+    ) -> None:
+        key = job_key(zone, snapshot_id, kind)
         if self._holder(key) == owner:
             del self.leases[key]
 
-    async def lease_left(self, zone: str, snapshot_id: str) -> float:
-        key = f"{zone}:{snapshot_id}"
+    async def lease_left(self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE) -> float:
+        key = job_key(zone, snapshot_id, kind)
         if self._holder(key) is None:
             return 0.0
         return max(0.0, self.leases[key][1] - time.monotonic())

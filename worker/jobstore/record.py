@@ -1,5 +1,9 @@
 """The record of a job: its step, progress and outcome, and how a stored one is read.
 
+Jobs are of a ``kind``: :data:`ARCHIVE` (a snapshot into the bucket) or :data:`RESTORE` (an
+archive back into Exoscale as a template). Both are keyed by the snapshot's zone and id, so a
+snapshot has at most one active job of each kind.
+
 A record that cannot be read (fields missing, values that are not JSON or not of their type) is
 reported, not raised: :func:`parse` returns it with the step :attr:`Step.UNREADABLE` and the
 reason in ``error``, and the next claim replaces it.
@@ -14,6 +18,26 @@ from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
+#: The kinds of job: an archive, and a restore of an archive as a template.
+ARCHIVE = "archive"
+RESTORE = "restore"
+KINDS = (ARCHIVE, RESTORE)
+
+
+def job_key(zone: str, snapshot_id: str, kind: str = ARCHIVE) -> str:
+    """The job's key in the store's index: ``{zone}:{id}`` for an archive (as it always was),
+    ``restore:{zone}:{id}`` for a restore (no zone is named ``restore``)."""
+    return f"{zone}:{snapshot_id}" if kind == ARCHIVE else f"{kind}:{zone}:{snapshot_id}"
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """``(kind, zone, snapshot_id)`` of a :func:`job_key`."""
+    head, _, rest = key.partition(":")
+    if head in KINDS and head != ARCHIVE:
+        zone, _, snapshot_id = rest.partition(":")
+        return head, zone, snapshot_id
+    return ARCHIVE, head, rest
+
 
 class Step(StrEnum):
     """Where a job stands. A ``str``: records store and compare the plain words."""
@@ -23,6 +47,10 @@ class Step(StrEnum):
     TRANSFERRING = "transferring"
     #: A restore waits for another cloud to import the image (jobs.genesis_steps).
     AWAITING_PROVIDER = "awaiting-provider"
+    #: A restore joins an archive's segments into one temporary object.
+    JOINING = "joining"
+    #: A restore waits for Exoscale to register the template.
+    REGISTERING = "registering"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -46,16 +74,18 @@ ERROR_KINDS = frozenset({"verification", "permanent", "transient"})
 
 @dataclass
 class JobRecord:
-    """The state of one archive job.
+    """The state of one job: an archive, or a restore of an archive as a template.
 
     Attributes:
-      zone, snapshot_id: What is archived.
+      zone, snapshot_id: What is archived (for a restore: the archive's source snapshot).
       step: A :class:`Step`.
       created_at, updated_at: UNIX times.
-      operation_id: The export operation being waited for, if any.
-      wait_started_at: When waiting for the export began (drives the polling schedule).
+      operation_id: The export (or registration) operation being waited for, if any.
+      wait_started_at: When waiting for it began (drives the polling schedule).
       bytes_done, bytes_total: Transfer progress.
-      result: The archive once done (:meth:`worker.archive.ArchiveResult.to_dict`).
+      result: The archive once done (:meth:`worker.archive.ArchiveResult.to_dict`); for a
+        restore, the template (``template_id``, ``name``, ``zone``, ``size``, ``checksum``,
+        ``source``).
       error: Why the job failed, in one line.
       error_kind: What kind of failure it was (:func:`worker.errors.error_kind`):
         ``verification`` (bad data: exit status 3), ``permanent`` or ``transient``.
@@ -63,6 +93,9 @@ class JobRecord:
       sent_at: When the job's first message was handed to the broker (``None``: never, as
         for a send that failed or an ``archive --local`` run).
       policy: The backup policy whose run queued the job (recorded in the manifest), if any.
+      kind: :data:`ARCHIVE` or :data:`RESTORE`.
+      restore: What a restore was asked for: ``target_zone``, ``name`` and the template
+        settings the operator overrode (see :class:`worker.source_template.Overrides`).
     """
 
     zone: str
@@ -80,10 +113,12 @@ class JobRecord:
     cancel_requested: bool = False
     sent_at: float | None = None
     policy: str | None = None
+    kind: str = ARCHIVE
+    restore: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:
-        return f"{self.zone}:{self.snapshot_id}"
+        return job_key(self.zone, self.snapshot_id, self.kind)
 
     @property
     def active(self) -> bool:
@@ -101,9 +136,9 @@ class JobRecord:
         return cls(**values)
 
 
-def new_record(zone: str, snapshot_id: str) -> JobRecord:
+def new_record(zone: str, snapshot_id: str, kind: str = ARCHIVE) -> JobRecord:
     now = time.time()
-    return JobRecord(zone=zone, snapshot_id=snapshot_id, created_at=now, updated_at=now)
+    return JobRecord(zone=zone, snapshot_id=snapshot_id, created_at=now, updated_at=now, kind=kind)
 
 
 def _number(value: Any) -> bool:
@@ -115,10 +150,12 @@ def _count(value: Any) -> bool:
 
 
 def _result(value: Any) -> bool:
-    """The shape ``status`` and ``archive`` print from: see
-    :meth:`worker.manifest.ArchiveResult.to_dict`."""
+    """The shape ``status`` and ``archive`` print from (see
+    :meth:`worker.manifest.ArchiveResult.to_dict`), or a restore's (:func:`_restored`)."""
     if not isinstance(value, dict):
         return False
+    if "template_id" in value:
+        return _restored(value)
     keys_ok = all(isinstance(value.get(k), str) for k in ("bucket", "manifest", "md5"))
     objects = value.get("objects")
     return (
@@ -127,6 +164,18 @@ def _result(value: Any) -> bool:
         and isinstance(objects, list)
         and all(isinstance(o, dict) and isinstance(o.get("key"), str) for o in objects)
         and all(_count(o.get("size")) for o in objects)
+    )
+
+
+def _restored(value: dict[str, Any]) -> bool:
+    """A restore's result: ``template_id``, ``name``, ``zone``, ``checksum`` (strings),
+    ``size`` and ``source`` (``zone``, ``snapshot_id``, ``manifest``)."""
+    source = value.get("source")
+    return (
+        all(isinstance(value.get(k), str) for k in ("template_id", "name", "zone", "checksum"))
+        and _count(value.get("size"))
+        and isinstance(source, dict)
+        and all(isinstance(source.get(k), str) for k in ("zone", "snapshot_id", "manifest"))
     )
 
 
@@ -156,14 +205,19 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "cancel_requested": lambda value: isinstance(value, bool),
     "sent_at": _optional(_number),
     "policy": _optional(_string),
+    "kind": lambda value: value in KINDS,
+    "restore": _optional(lambda value: isinstance(value, dict)),
 }
 #: Fields a record cannot do without; the others have defaults (records written before a
 #: field existed lack it).
 _REQUIRED = ("zone", "snapshot_id", "step", "updated_at")
+#: What replaces an unreadable record, by kind.
+_AGAIN = {ARCHIVE: "archiving it again", RESTORE: "restoring it again"}
 
 
-def parse(zone: str, snapshot_id: str, data: dict[bytes, bytes]) -> JobRecord:
-    """The record a job hash holds, or an :attr:`Step.UNREADABLE` one naming what is wrong.
+def parse(zone: str, snapshot_id: str, data: dict[bytes, bytes], kind: str = ARCHIVE) -> JobRecord:
+    """The record a job hash of ``kind`` holds, or an :attr:`Step.UNREADABLE` one naming
+    what is wrong.
 
     The reason names fields only, never their values (they are not ours to print).
     """
@@ -183,7 +237,8 @@ def parse(zone: str, snapshot_id: str, data: dict[bytes, bytes]) -> JobRecord:
             invalid.append(name)
             continue
         values[name] = value
-    for name, expected in (("zone", zone), ("snapshot_id", snapshot_id)):
+    values.setdefault("kind", ARCHIVE)  # records from before kinds were archives
+    for name, expected in (("zone", zone), ("snapshot_id", snapshot_id), ("kind", kind)):
         if name in values and values[name] != expected:
             del values[name]
             invalid.append(name)
@@ -198,8 +253,9 @@ def parse(zone: str, snapshot_id: str, data: dict[bytes, bytes]) -> JobRecord:
     return JobRecord(
         zone=zone,
         snapshot_id=snapshot_id,
+        kind=kind,
         step=Step.UNREADABLE,
         created_at=values.get("created_at", 0.0),
         updated_at=values.get("updated_at", 0.0),
-        error=f"unreadable job record ({'; '.join(problems)}); archiving it again replaces it",
+        error=f"unreadable job record ({'; '.join(problems)}); {_AGAIN[kind]} replaces it",
     )

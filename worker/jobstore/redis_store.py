@@ -1,10 +1,15 @@
 """Job state in Redis, shared by every worker and the CLI.
 
-Layout (``{ns}`` is ``SNAPARCHIVE_QUEUE``, default ``snaparchive``):
+Layout (``{ns}`` is ``SNAPARCHIVE_QUEUE``, default ``snaparchive``), for archive jobs:
   ``{ns}:job:{zone}:{id}``         hash of JSON-encoded :class:`JobRecord` fields
   ``{ns}:jobs``                    sorted set of ``{zone}:{id}`` by last update
   ``{ns}:checkpoint:{zone}:{id}``  the transfer checkpoint (JSON)
   ``{ns}:lease:{zone}:{id}``       the owner token of the run transferring, with expiry
+
+Restore jobs (``kind`` :data:`~worker.jobstore.record.RESTORE`) have the same keys with
+``restore:`` after the namespace (``{ns}:restore:job:{zone}:{id}``, ...), and are in the
+same ``{ns}:jobs`` index as ``restore:{zone}:{id}``. Archive keys are unchanged: records
+written before kinds existed are archive jobs and read as ever.
 
 A record is written whole by :meth:`RedisJobStore.claim` only; :meth:`RedisJobStore.update`
 changes the fields of a record that exists and never creates one (after a Redis restart without
@@ -23,7 +28,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from worker.errors import SnaparchiveError
-from worker.jobstore.record import JobRecord, Step, new_record, parse
+from worker.jobstore.record import ARCHIVE, JobRecord, Step, job_key, new_record, parse, split_key
 from worker.settings import Settings
 
 #: What a job store call raises while the store is unreachable (restarting, failing over, the
@@ -141,11 +146,13 @@ class RedisJobStore:
         except STORE_UNREACHABLE:
             return False
 
-    def _key(self, kind: str, zone: str, snapshot_id: str) -> str:
-        return f"{self.ns}:{kind}:{zone}:{snapshot_id}"
+    def _key(self, what: str, zone: str, snapshot_id: str, kind: str = ARCHIVE) -> str:
+        if kind == ARCHIVE:
+            return f"{self.ns}:{what}:{zone}:{snapshot_id}"
+        return f"{self.ns}:{kind}:{what}:{zone}:{snapshot_id}"
 
     async def claim(
-        self, zone: str, snapshot_id: str, *, replace_done: bool = False
+        self, zone: str, snapshot_id: str, *, replace_done: bool = False, kind: str = ARCHIVE
     ) -> tuple[JobRecord, bool]:
         """Create the job of a snapshot, or return the one that exists.
 
@@ -154,6 +161,7 @@ class RedisJobStore:
         Parameters:
           zone, snapshot_id: The job.
           replace_done: Replace a done job too (its archive is gone from the bucket).
+          kind: The job's kind (default an archive).
 
         Returns:
           The record, and whether it was created now (``False``: an active job was joined, the
@@ -162,11 +170,11 @@ class RedisJobStore:
         stale: list[str | bytes] = ["0", "", ""]
         found: JobRecord | None = None
         for _ in range(_CLAIM_ATTEMPTS):
-            record = new_record(zone, snapshot_id)
+            record = new_record(zone, snapshot_id, kind)
             existing = await self.redis.eval(
                 _CLAIM,
                 2,
-                self._key("job", zone, snapshot_id),
+                self._key("job", zone, snapshot_id, kind),
                 f"{self.ns}:jobs",
                 repr(record.updated_at),
                 record.key,
@@ -175,9 +183,9 @@ class RedisJobStore:
                 *_flat(record.to_dict()),
             )
             if existing is None:
-                await self.clear_checkpoint(zone, snapshot_id)
+                await self.clear_checkpoint(zone, snapshot_id, kind=kind)
                 return record, True
-            found, raw = await self._read(zone, snapshot_id)
+            found, raw = await self._read(zone, snapshot_id, kind)
             if found is not None and found.step != Step.UNREADABLE:
                 return found, False
             # Gone meanwhile, or unreadable: claim again, replacing what was read if unchanged.
@@ -196,7 +204,7 @@ class RedisJobStore:
             await self.redis.eval(
                 _DISCARD,
                 2,
-                self._key("job", record.zone, record.snapshot_id),
+                self._key("job", record.zone, record.snapshot_id, record.kind),
                 f"{self.ns}:jobs",
                 json.dumps(record.updated_at),
                 record.key,
@@ -204,22 +212,23 @@ class RedisJobStore:
         )
 
     async def _read(
-        self, zone: str, snapshot_id: str
+        self, zone: str, snapshot_id: str, kind: str = ARCHIVE
     ) -> tuple[JobRecord | None, dict[bytes, bytes]]:
         # The client decodes nothing (no decode_responses): names and values are bytes.
-        data = cast(
-            dict[bytes, bytes], await self.redis.hgetall(self._key("job", zone, snapshot_id))
-        )
+        key = self._key("job", zone, snapshot_id, kind)
+        data = cast(dict[bytes, bytes], await self.redis.hgetall(key))
         if not data:
             return None, {}
-        return parse(zone, snapshot_id, data), data
+        return parse(zone, snapshot_id, data, kind), data
 
-    async def get(self, zone: str, snapshot_id: str) -> JobRecord | None:
+    async def get(self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE) -> JobRecord | None:
         """The job's record; ``None`` when there is none; an :attr:`Step.UNREADABLE` record (the
         reason in ``error``) when the stored one cannot be read."""
-        return (await self._read(zone, snapshot_id))[0]
+        return (await self._read(zone, snapshot_id, kind))[0]
 
-    async def update(self, zone: str, snapshot_id: str, **changes: Any) -> bool:
+    async def update(
+        self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE, **changes: Any
+    ) -> bool:
         """Set some fields of a job (and its ``updated_at``), if its record exists.
 
         Returns:
@@ -231,27 +240,28 @@ class RedisJobStore:
             await self.redis.eval(
                 _UPDATE,
                 2,
-                self._key("job", zone, snapshot_id),
+                self._key("job", zone, snapshot_id, kind),
                 f"{self.ns}:jobs",
                 repr(changes["updated_at"]),
-                f"{zone}:{snapshot_id}",
+                job_key(zone, snapshot_id, kind),
                 *_flat(changes),
             )
         )
 
     async def list(self, limit: int = 100) -> list[JobRecord]:
-        """Return the most recently updated jobs, newest first (unreadable ones included)."""
+        """Return the most recently updated jobs of every kind, newest first (unreadable ones
+        included)."""
         members = cast(list[bytes], await self.redis.zrevrange(f"{self.ns}:jobs", 0, limit - 1))
         records = []
         for member in members:
-            zone, _, snapshot_id = member.decode(errors="replace").partition(":")
-            record = await self.get(zone, snapshot_id)
+            kind, zone, snapshot_id = split_key(member.decode(errors="replace"))
+            record = await self.get(zone, snapshot_id, kind=kind)
             if record is not None:
                 records.append(record)
         return records
 
     async def save_checkpoint(
-        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str
+        self, zone: str, snapshot_id: str, data: dict[str, Any], owner: str, *, kind: str = ARCHIVE
     ) -> bool:
         """Store the transfer checkpoint, only while ``owner`` holds the lease.
 
@@ -259,34 +269,42 @@ class RedisJobStore:
           Whether it was stored (``False``: ``owner`` does not hold the lease any more, and the
           checkpoint of whoever does now stays as it is).
         """
-        key = self._key("checkpoint", zone, snapshot_id)
-        lease = self._key("lease", zone, snapshot_id)
+        key = self._key("checkpoint", zone, snapshot_id, kind)
+        lease = self._key("lease", zone, snapshot_id, kind)
         return bool(await self.redis.eval(_SAVE_LEASED, 2, lease, key, owner, json.dumps(data)))
 
-    async def load_checkpoint(self, zone: str, snapshot_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.get(self._key("checkpoint", zone, snapshot_id))
+    async def load_checkpoint(
+        self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE
+    ) -> dict[str, Any] | None:
+        raw = await self.redis.get(self._key("checkpoint", zone, snapshot_id, kind))
         return json.loads(raw) if raw else None
 
-    async def clear_checkpoint(self, zone: str, snapshot_id: str) -> None:
-        await self.redis.delete(self._key("checkpoint", zone, snapshot_id))
+    async def clear_checkpoint(self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE) -> None:
+        await self.redis.delete(self._key("checkpoint", zone, snapshot_id, kind))
 
-    async def acquire_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
-        """Take the transfer lease unless another live worker holds it (``ttl`` seconds)."""
-        key = self._key("lease", zone, snapshot_id)
+    async def acquire_lease(
+        self, zone: str, snapshot_id: str, owner: str, ttl: float, *, kind: str = ARCHIVE
+    ) -> bool:
+        """Take the job's lease unless another live worker holds it (``ttl`` seconds)."""
+        key = self._key("lease", zone, snapshot_id, kind)
         if await self.redis.set(key, owner, nx=True, px=int(ttl * 1000)):
             return True
-        return await self.renew_lease(zone, snapshot_id, owner, ttl)
+        return await self.renew_lease(zone, snapshot_id, owner, ttl, kind=kind)
 
-    async def renew_lease(self, zone: str, snapshot_id: str, owner: str, ttl: float) -> bool:
-        key = self._key("lease", zone, snapshot_id)
+    async def renew_lease(
+        self, zone: str, snapshot_id: str, owner: str, ttl: float, *, kind: str = ARCHIVE
+    ) -> bool:
+        key = self._key("lease", zone, snapshot_id, kind)
         return bool(await self.redis.eval(_RENEW, 1, key, owner, int(ttl * 1000)))
 
-    async def release_lease(self, zone: str, snapshot_id: str, owner: str) -> None:
-        await self.redis.eval(_RELEASE, 1, self._key("lease", zone, snapshot_id), owner)
+    async def release_lease(
+        self, zone: str, snapshot_id: str, owner: str, *, kind: str = ARCHIVE
+    ) -> None:
+        await self.redis.eval(_RELEASE, 1, self._key("lease", zone, snapshot_id, kind), owner)
 
-    async def lease_left(self, zone: str, snapshot_id: str) -> float:
+    async def lease_left(self, zone: str, snapshot_id: str, *, kind: str = ARCHIVE) -> float:
         """Seconds until the lease expires unless renewed; 0 when nobody holds it."""
-        millis = await self.redis.pttl(self._key("lease", zone, snapshot_id))
+        millis = await self.redis.pttl(self._key("lease", zone, snapshot_id, kind))
         return max(0, millis) / 1000
 
     # -- documents: backup runs, a policy's snapshots, the scheduler's marks -----------------

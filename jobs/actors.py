@@ -278,6 +278,13 @@ def restore_await(zone: str, snapshot_id: str) -> None:
     _drive("restore_await", zone, snapshot_id)
 
 
+# A scrub reads a whole archive in one message: hours for a big one.
+@dramatiq.actor(time_limit=UNLIMITED, **_options)
+def verify_archive(zone: str, snapshot_id: str) -> None:
+    """Read one archive back and record whether it is still good."""
+    _drive("verify_archive", zone, snapshot_id)
+
+
 ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "start_export": start_export,
     "await_export": await_export,
@@ -289,6 +296,7 @@ ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "restore_join": restore_join,
     "restore_register": restore_register,
     "restore_await": restore_await,
+    "verify_archive": verify_archive,
 }
 
 

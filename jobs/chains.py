@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from jobs import backup_steps, restore_steps, steps
+from jobs import backup_steps, restore_steps, steps, verify_steps
 from jobs.context import Context
 from jobs.steps import StepFunction
 
@@ -32,6 +32,7 @@ class Chain:
 ARCHIVE = Chain("archive", "start_export", steps.STEPS, steps.fail)
 BACKUP = Chain("backup", "backup_snapshot", backup_steps.STEPS, backup_steps.fail)
 RESTORE = Chain("restore", restore_steps.FIRST, restore_steps.STEPS, restore_steps.fail)
-CHAINS = (ARCHIVE, BACKUP, RESTORE)
+VERIFY = Chain("verify", "verify_archive", verify_steps.STEPS, verify_steps.fail)
+CHAINS = (ARCHIVE, BACKUP, RESTORE, VERIFY)
 #: The chain of every step, by the step's name.
 CHAIN_OF: dict[str, Chain] = {name: chain for chain in CHAINS for name in chain.steps}

@@ -49,6 +49,7 @@ COMMANDS = {
     "archives": ("worker.commands.archives", "the archives in the bucket"),
     "policies": ("worker.commands.policies", "the backup policy file"),
     "scheduler": ("worker.commands.scheduler", "run every policy on its schedule"),
+    "verify": ("worker.commands.verify", "re-read archives and check them (a scrub)"),
 }
 
 

@@ -33,17 +33,25 @@ class Judged:
         return {**self.decision.as_dict(), "manifest": self.entry.manifest_key}
 
 
-def judged_archives(
+def owned_by(
     policy: Policy, entries: list[ArchiveEntry], instances: Collection[str]
-) -> list[Judged]:
-    """Apply ``policy``'s retention to the archives of ``entries`` it owns: those that name
-    it, and those of ``instances`` (its instances now) in its zone."""
-    mine = [
+) -> list[ArchiveEntry]:
+    """The archives of ``entries`` a policy owns: those that name it, and those of
+    ``instances`` (its instances now) in its zone."""
+    return [
         e
         for e in entries
         if e.zone == policy.zone
         and (e.manifest.policy == policy.name or (e.instance_id or "") in instances)
     ]
+
+
+def judged_archives(
+    policy: Policy, entries: list[ArchiveEntry], instances: Collection[str]
+) -> list[Judged]:
+    """Apply ``policy``'s retention to the archives of ``entries`` it owns
+    (:func:`owned_by`)."""
+    mine = owned_by(policy, entries, instances)
     candidates = [Candidate(e.zone, e.instance_id, e.snapshot_id, e.moment, e) for e in mine]
     return [Judged(d.candidate.payload, d) for d in plan(candidates, policy.keep)]
 

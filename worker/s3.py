@@ -331,6 +331,22 @@ class Bucket:
             # Closing a body not read to its end drops the connection: no more bytes come.
             body.close()
 
+    async def put_object(
+        self, key: str, body: bytes, content_type: str = "application/json"
+    ) -> None:
+        """Write a small object at ``key``, replacing what is there."""
+        try:
+            await self.call(
+                "PutObject",
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+            )
+        except ClientError as exc:
+            raise self.error("PutObject", exc) from None
+
     async def put_once(
         self,
         key: str,

@@ -31,7 +31,8 @@ TICK = 5.0
 #: The job store's document kind for when each policy was last looked at.
 CHECKED = "schedule"
 
-Fire = Callable[[Policy, datetime, str], Awaitable[None]]
+#: ``fire(policy, slot, slot_key, kind)``; ``kind`` is ``backup`` or ``verify`` (its scrub).
+Fire = Callable[[Policy, datetime, str, str], Awaitable[None]]
 
 
 class Scheduler:
@@ -40,7 +41,8 @@ class Scheduler:
     Parameters:
       store: The shared job store (leader lease, slot marks, last looks).
       policies: The policies.
-      fire: Called with ``(policy, slot, slot_key)`` once per slot (starts the backup run).
+      fire: Called with ``(policy, slot, slot_key, kind)`` once per slot: ``backup`` on the
+        policy's ``schedule``, ``verify`` on its ``verify`` schedule (a scrub).
       owner: This scheduler's lease token.
       grace: How late a slot may still fire (default 1 h, ``SNAPARCHIVE_SCHEDULE_GRACE``).
       clock: Returns the current time (timezone-aware); default the system clock.
@@ -77,27 +79,32 @@ class Scheduler:
             return []
         fired = []
         for policy in self.policies.policies:
-            if (key := await self._look(policy)) is not None:
-                fired.append(key)
+            schedules = [("backup", policy.schedule)]
+            if policy.verify is not None:
+                schedules.append(("verify", policy.verify))
+            for kind, cron in schedules:
+                if (key := await self._look(policy, kind, cron)) is not None:
+                    fired.append(key)
         return fired
 
-    async def _look(self, policy: Policy) -> str | None:
+    async def _look(self, policy: Policy, kind: str, cron: str) -> str | None:
         now = self.clock()
-        seen = await self.store.load_doc(CHECKED, policy.name)
+        name = policy.name if kind == "backup" else f"{policy.name}:{kind}"
+        seen = await self.store.load_doc(CHECKED, name)
         last = datetime.fromisoformat(seen["last_checked"]) if seen else None
-        slot = due_slot(policy.schedule, last, now, self.grace)
+        slot = due_slot(cron, last, now, self.grace)
         key = None
         if slot is not None:
-            key = slot_key(policy.name, slot)
+            key = slot_key(policy.name, slot, None if kind == "backup" else kind)
             # The mark outlives the grace: a slot never fires again once it is out of it.
             mark_ttl = (self.grace + timedelta(days=1)).total_seconds()
             if await self.store.set_once(key, mark_ttl):
                 log.info("%s: firing the slot %s", policy.name, key)
-                await self.fire(policy, slot, key)
+                await self.fire(policy, slot, key, kind)
             else:
                 key = None  # another scheduler fired it
         # Recorded after the firing: a crash in between looks again (and the mark holds).
-        await self.store.save_doc(CHECKED, policy.name, {"last_checked": now.isoformat()})
+        await self.store.save_doc(CHECKED, name, {"last_checked": now.isoformat()})
         return key
 
     async def run(self, stop: asyncio.Event, tick: float = TICK) -> None:

@@ -68,7 +68,7 @@ async def store():
 
 
 def _schedulers(store, clock, fired, count=2, leader_ttl=15.0):
-    async def fire(policy, slot, key):
+    async def fire(policy, slot, key, kind):
         fired.append(key)
 
     return [
@@ -160,3 +160,33 @@ def test_the_scheduler_command_stops_cleanly_on_sigterm(
         forget_queue(env)
     assert process.returncode == 0, err
     assert "Traceback" not in err
+
+
+async def test_a_policy_s_scrub_has_slots_of_its_own(store):
+    policies = loads(
+        """
+[[policy]]
+name = "web"
+zone = "ch-gva-2"
+instances = ["6a1c2b4e-3f5d-4e7a-9b8c-0d1e2f3a4b5c"]
+schedule = "0 3 * * *"
+verify = "0 4 * * 0"
+verify_subset = "1/4"
+snapshots_keep = 1
+[policy.keep]
+last = 1
+"""
+    )
+    clock = Clock(datetime(2026, 11, 30, 0, 0, 30, tzinfo=UTC))  # a Monday
+    fired: list[tuple[str, str]] = []
+
+    async def fire(policy, slot, key, kind):
+        fired.append((key, kind))
+
+    scheduler = Scheduler(store, policies, fire, "host", clock=clock)
+    for _ in range(7 * 24 * 60 // 7):  # a week, looking every 7 minutes
+        await scheduler.tick()
+        clock.advance(minutes=7)
+    scrubs = [item for item in fired if item[1] == "verify"]
+    assert scrubs == [("web:verify@2026-12-06T04:00Z", "verify")]
+    assert len([item for item in fired if item[1] == "backup"]) == 7

@@ -12,6 +12,7 @@ from worker.archive import ArchiveStore
 from worker.catalog import list_archives
 from worker.jobstore import JobStore
 from worker.policy import Policy, PolicyFile
+from worker.scrub import last_verification
 
 
 async def _last_run(store: JobStore, policy: Policy) -> dict[str, Any]:
@@ -55,15 +56,19 @@ async def policy_rows(
         for entry in entries:  # oldest first: the last one of each instance wins
             if entry.instance_id is not None:
                 newest[entry.instance_id] = entry
-        instances = [
-            {
-                "instance_id": instance_id,
-                "snapshot_id": entry.snapshot_id,
-                "recovery_point": _iso(entry.moment),
-                "age_seconds": round(time.time() - entry.moment.timestamp()),
-            }
-            for instance_id, entry in sorted(newest.items())
-        ]
+        instances = []
+        for instance_id, entry in sorted(newest.items()):
+            checked = await last_verification(archive, entry)
+            instances.append(
+                {
+                    "instance_id": instance_id,
+                    "snapshot_id": entry.snapshot_id,
+                    "recovery_point": _iso(entry.moment),
+                    "age_seconds": round(time.time() - entry.moment.timestamp()),
+                    "verified": None if checked is None else bool(checked.get("ok")),
+                    "verified_at": None if checked is None else checked.get("checked_at"),
+                }
+            )
         rows.append(
             {
                 "policy": policy.name,

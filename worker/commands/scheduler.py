@@ -15,15 +15,20 @@ import socket
 import uuid
 from datetime import datetime
 
+from jobs.context import Launch
 from worker import argtypes as types
 from worker import backups, metrics
+from worker.archive import ArchiveStore
+from worker.catalog import list_archives
 from worker.commands.policy_args import add_policies_argument, load_policies
 from worker.errors import describe
 from worker.exoscale import ExoscaleClient
+from worker.forget import owned_by
 from worker.jobstore import RedisJobStore
 from worker.policy import Policy
 from worker.schedule import grace_from_env
 from worker.scheduler import Scheduler
+from worker.scrub import select
 from worker.settings import load
 
 log = logging.getLogger(__name__)
@@ -60,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
         async def send(step: str, a: str, b: str) -> None:
             await asyncio.to_thread(actors.ACTORS[step].send, a, b)
 
-        async def fire(policy: Policy, slot: datetime, key: str) -> None:
+        async def fire(policy: Policy, slot: datetime, key: str, kind: str) -> None:
+            if kind == "verify":
+                await _scrub(policy, key, send)
+                return
             try:
                 instances = await backups.begin_run(store, client, policy, key, "schedule", send)
             except Exception as error:  # the slot is spent: say why it did nothing
@@ -70,6 +78,23 @@ def run(args: argparse.Namespace) -> int:
                 await store.save_doc(backups.RUN, key, {"error": describe(error)})
                 return
             log.info("%s: run %s started for %d instance(s)", policy.name, key, len(instances))
+
+        async def _scrub(policy: Policy, key: str, send: Launch) -> None:
+            try:
+                async with ArchiveStore(settings.s3) as archive:
+                    instances = await backups.resolve_instances(client, policy)
+                    entries = owned_by(
+                        policy, await list_archives(archive, zone=policy.zone), instances
+                    )
+            except Exception as error:  # the slot is spent: say why it did nothing
+                log.error("%s: the scrub %s could not start: %s", policy.name, key, describe(error))
+                return
+            chosen = select(entries, policy.verify_subset)
+            for entry in chosen:
+                await send("verify_archive", entry.zone, entry.snapshot_id)
+            log.info(
+                "%s: scrub %s: %d of %d archive(s)", policy.name, key, len(chosen), len(entries)
+            )
 
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         scheduler = Scheduler(store, policies, fire, owner, grace=grace)

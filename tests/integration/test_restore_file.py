@@ -115,7 +115,7 @@ def test_a_wrong_md5_is_exit_status_3_and_no_file(env, capsys, tmp_path, moto_en
     code = main(["restore", snapshot_id, "--zone", ZONE, "--output", str(tmp_path / "d")])
     _, err = capsys.readouterr()
     assert code == 3
-    assert one_line(err).startswith("snaparchive: error: md5 mismatch: expected ")
+    assert one_line(err).startswith("snaparchive: verification failed: md5 mismatch: expected ")
     assert os.listdir(tmp_path) == []
 
 

@@ -230,7 +230,8 @@ def test_no_url_or_secret_in_any_log_record_or_output(env, capsys, caplog, simul
 
     caplog.set_level(logging.DEBUG)  # every logger, botocore's and aiohttp's included
     snapshot_id = archived(capsys, simulator)
-    code, out, err = restore(capsys, snapshot_id, "--template", "t", "--local", "--json")
+    # -vv: the command logs at DEBUG (it sets the root level itself).
+    code, out, err = restore(capsys, snapshot_id, "--template", "t", "--local", "--json", "-vv")
     assert code == 0, err
     client = redis.Redis.from_url(REDIS_URL)
     try:

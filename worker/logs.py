@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -178,8 +179,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
+#: Held while a log line or a progress line is written to the terminal: threads (the S3
+#: pool's botocore, the event loop's progress) must not split each other's lines.
+OUTPUT_LOCK = threading.RLock()
+
+
 class _Handler(logging.StreamHandler):
-    """The handler :func:`setup` installs (told apart from a host application's)."""
+    """The handler :func:`setup` installs (told apart from a host application's); it
+    writes under :data:`OUTPUT_LOCK`."""
+
+    def createLock(self) -> None:
+        self.lock = OUTPUT_LOCK
 
 
 def setup(

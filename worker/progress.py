@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from worker.logs import OUTPUT_LOCK
 from worker.units import format_size
 
 #: Seconds of samples the rate is measured over.
@@ -50,8 +51,9 @@ class ProgressDisplay:
 
     def note(self, text: str) -> None:
         """Print a line of its own (a step change)."""
-        self._clear()
-        print(text, file=self.stream, flush=True)
+        with OUTPUT_LOCK:
+            self._clear()
+            print(text, file=self.stream, flush=True)
 
     def update(self, done: int, total: int | None) -> None:
         now = time.monotonic()
@@ -60,16 +62,18 @@ class ProgressDisplay:
         self._total = total
         self._samples = [s for s in self._samples if now - s[0] < RATE_WINDOW] + [(now, done)]
         line = self._format(done, total)
-        if self.interactive:
-            self.stream.write("\r" + line.ljust(78)[:120])
-            self.stream.flush()
-            self._drawn = True
-        elif now - self._last_line >= self.every:
-            self._last_line = now
-            print(line, file=self.stream, flush=True)
+        with OUTPUT_LOCK:  # a log line written meanwhile would be split by this one
+            if self.interactive:
+                self.stream.write("\r" + line.ljust(78)[:120])
+                self.stream.flush()
+                self._drawn = True
+            elif now - self._last_line >= self.every:
+                self._last_line = now
+                print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
-        self._clear()
+        with OUTPUT_LOCK:
+            self._clear()
 
     def _clear(self) -> None:
         if self._drawn:

@@ -91,7 +91,9 @@ case "${1:-}" in
     [ "${SNAPARCHIVE_COMPOSE_CHECK:-}" != required ] || ensure_compose
     .venv/bin/ruff check worker jobs tests bench
     .venv/bin/mypy  # files and strictness: [tool.mypy] in pyproject.toml
-    exec .venv/bin/pytest -q "${@:2}"
+    # Test files run side by side (pytest-xdist), each file in one process: a file's tests
+    # share their Redis database and fixtures; files share nothing but the services.
+    exec .venv/bin/pytest -q -n "${SNAPARCHIVE_TEST_PROCESSES:-4}" --dist loadfile "${@:2}"
     ;;
   bench)
     setup_python

@@ -23,16 +23,16 @@ import time
 from typing import Any
 
 from worker.archive import ArchiveStore
+from worker.commands.archive import local_store
 from worker.commands.follow import follow
 from worker.errors import ConfigError, NotFound
-from worker.jobstore import JobRecord, JobStore, MemoryJobStore, Step
+from worker.jobstore import JobRecord, JobStore, Step
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
 from worker.units import format_size
 
 #: A region id as Genesis writes them (``NORD-NO-KRS-1``); checked before anything runs.
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-PING_TIMEOUT = 5.0
 #: The fields ``--json`` prints, in order.
 JSON_FIELDS = ("provider", "region", "snapshot_id", "name", "status", "raw_size", "raw_md5")
 
@@ -89,30 +89,11 @@ async def _claim(store: JobStore, zone: str, snapshot_id: str) -> tuple[JobRecor
     return record, created
 
 
-async def _local_store(settings: Settings) -> JobStore:
-    from jobs.genesis_steps import restore_store
-
-    store = restore_store(settings)
-    try:
-        reachable = await asyncio.wait_for(store.ping(), PING_TIMEOUT)
-    except TimeoutError:
-        reachable = False
-    if reachable:
-        return store
-    await store.close()
-    print(
-        "snaparchive: warning: the job store (SNAPARCHIVE_REDIS_URL) does not answer; running "
-        "without it: no lease protects this run from a concurrent one",
-        file=sys.stderr,
-    )
-    return MemoryJobStore()
-
-
 async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> int:
     from jobs.context import Context
-    from jobs.genesis_steps import run_restore
+    from jobs.genesis_steps import restore_store, run_restore
 
-    store = await _local_store(settings)
+    store = await local_store(settings, restore_store(settings))
     # A restore calls no Exoscale API: during an Exoscale outage it needs no credentials.
     exoscale = dataclasses.replace(
         settings.exoscale,

@@ -12,7 +12,13 @@ import time
 from worker import argtypes as types
 from worker import logs
 from worker.archive import ArchiveStore
-from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json, report
+from worker.commands.follow import (
+    UNREACHABLE_PATIENCE,
+    follow,
+    outcome_json,
+    report,
+    run_here,
+)
 from worker.jobstore import JobRecord, JobStore, MemoryJobStore, RedisJobStore, Step
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
@@ -151,23 +157,11 @@ async def archive_here(
             return _report_done(record, note, as_json)
         if not created:
             print(f"{zone}/{snapshot_id}: {note}; running its steps here too", file=sys.stderr)
-        with logs.job_context(zone, snapshot_id):  # the task's log lines name the job
-            job = asyncio.create_task(run_job(ctx, zone, snapshot_id))
-        watch = asyncio.create_task(
-            follow(ctx.store, zone, snapshot_id, _display(as_json), 0.25, _patience(settings))
-        )
-        try:
-            done, _ = await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if job in done:
-                await job  # raises what the job raised, if anything
-            record = await watch
-            await job
-        finally:
-            # Interrupted: the transfer saves its checkpoint and releases its lease, so a later
-            # run (``archive``, or ``archive --local`` again) resumes the job.
-            for task in (job, watch):
-                task.cancel()
-            await asyncio.gather(job, watch, return_exceptions=True)
+        with logs.job_context(zone, snapshot_id):  # the job's log lines name it
+            record = await run_here(
+                run_job(ctx, zone, snapshot_id),
+                follow(ctx.store, zone, snapshot_id, _display(as_json), 0.25, _patience(settings)),
+            )
     finally:
         await ctx.close()
     return report(record, as_json)

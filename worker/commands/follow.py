@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from worker.errors import EXIT_FAILED, EXIT_OK, EXIT_VERIFICATION, SnaparchiveError
@@ -109,6 +110,31 @@ async def follow(
                 display.close()
             return record
         await asyncio.sleep(interval)
+
+
+async def run_here(
+    job: Coroutine[Any, Any, object], watch: Coroutine[Any, Any, JobRecord]
+) -> JobRecord:
+    """Run a job's steps in this process while ``watch`` (a :func:`follow`) shows them; return
+    the record ``watch`` ends with.
+
+    What the job raises is raised. Cancelled (Ctrl-C), both tasks are cancelled and awaited:
+    the job's steps save what they have (a transfer its checkpoint) and release their lease,
+    so a later run resumes it.
+    """
+    running = asyncio.create_task(job)
+    watching = asyncio.create_task(watch)
+    try:
+        done, _ = await asyncio.wait({running, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if running in done:
+            await running  # raises what the job raised, if anything
+        record = await watching
+        await running
+        return record
+    finally:
+        for task in (running, watching):
+            task.cancel()
+        await asyncio.gather(running, watching, return_exceptions=True)
 
 
 def _say(display: ProgressDisplay | None, text: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from worker.archive import ArchiveStore
 from worker.commands.archive import local_store
-from worker.commands.follow import follow
+from worker.commands.follow import follow, run_here
 from worker.errors import ConfigError, NotFound
 from worker.jobstore import JobRecord, JobStore, Step
 from worker.progress import ProgressDisplay
@@ -109,18 +109,10 @@ async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> 
                 f"{zone}/{snapshot_id}: joined the running restore; running its steps here too",
                 file=sys.stderr,
             )
-        job = asyncio.create_task(run_restore(ctx, zone, snapshot_id, request))
-        watch = asyncio.create_task(follow(ctx.store, zone, snapshot_id, _display(args), 0.25))
-        try:
-            done, _ = await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if job in done:
-                await job
-            record = await watch
-            await job
-        finally:
-            for task in (job, watch):
-                task.cancel()
-            await asyncio.gather(job, watch, return_exceptions=True)
+        record = await run_here(
+            run_restore(ctx, zone, snapshot_id, request),
+            follow(ctx.store, zone, snapshot_id, _display(args), 0.25),
+        )
     finally:
         await ctx.close()
     return report(record, args.json)

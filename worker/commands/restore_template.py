@@ -28,7 +28,7 @@ from typing import Any
 
 from worker.archive import ArchiveStore
 from worker.commands.archive import local_store
-from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json
+from worker.commands.follow import UNREACHABLE_PATIENCE, follow, outcome_json, run_here
 from worker.commands.restore import find_manifest
 from worker.errors import CHECKSUM_REFUSED
 from worker.jobstore import RESTORE, JobRecord, JobStore, RedisJobStore, Step
@@ -132,22 +132,10 @@ async def _run_here(
     print(f"{zone}/{snapshot_id}: restore {note}; running it here", file=sys.stderr)
     ctx = Context.create(settings, store)
     try:
-        job = asyncio.create_task(
-            LocalRunner(ctx).run(restore_steps.FIRST, zone, snapshot_id)
+        record = await run_here(
+            LocalRunner(ctx).run(restore_steps.FIRST, zone, snapshot_id),
+            follow(store, zone, snapshot_id, _display(as_json), 0.25, _patience(settings), RESTORE),
         )
-        watch = asyncio.create_task(
-            follow(store, zone, snapshot_id, _display(as_json), 0.25, _patience(settings), RESTORE)
-        )
-        try:
-            done, _ = await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if job in done:
-                await job  # raises what the job raised, if anything
-            record = await watch
-            await job
-        finally:
-            for task in (job, watch):
-                task.cancel()
-            await asyncio.gather(job, watch, return_exceptions=True)
     finally:
         # The job's store is the caller's to close.
         await ctx.exoscale.close()

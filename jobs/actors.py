@@ -300,7 +300,7 @@ ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
 }
 
 
-# -- Genesis Cloud restores (jobs.genesis_steps): their own steps and job store ---------------
+# -- Genesis Cloud restores (jobs.genesis_steps): their steps take a request too --------------
 from jobs import genesis_steps  # noqa: E402 (after the broker is set up, like every actor)
 
 
@@ -309,7 +309,7 @@ def _drive_restore(name: str, zone: str, snapshot_id: str, *request: str | None)
     retries = message.options.get("retries", 0) if message is not None else 0
     wanted = genesis_steps.RestoreRequest.from_args(*request)
     try:
-        ctx = genesis_steps.restore_context(_loop_thread().run_coroutine(_get_context()))
+        ctx = _loop_thread().run_coroutine(_get_context())
         following = _loop_thread().run_coroutine(
             genesis_steps.run_step(
                 ctx, name, zone, snapshot_id, wanted, retries >= MAX_RETRIES, _until_store_answers

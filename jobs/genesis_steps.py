@@ -12,16 +12,16 @@
 3. ``genesis_await``: the snapshot is looked at on the polling schedule of exports until it
    is ``created`` (done) or ``error`` (failed), for at most :data:`CREATE_TIMEOUT` seconds.
 
-Restore jobs live in a job store of their own (``{SNAPARCHIVE_QUEUE}:genesis``: records,
-leases and checkpoints keyed by the source zone and snapshot id, apart from archive jobs);
-messages carry the zone, the snapshot id, the region and the name. Like :mod:`jobs.steps`,
-each step is short and idempotent, and says what comes next.
+Their jobs are of kind :data:`~worker.jobstore.GENESIS` in the job store (records, leases and
+checkpoints keyed by the source zone and snapshot id, beside its archive job: ``status`` and
+``cancel`` see them as they see every job); messages carry the zone, the snapshot id, the
+region and the name. Like :mod:`jobs.steps`, each step is short and idempotent, and says what
+comes next.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import os
@@ -34,16 +34,16 @@ from jobs.context import Context
 from jobs.local import LOCAL_RETRIES
 from jobs.steps import RESUME_PAUSE, Next, load_checkpoint, run_token
 from jobs.watch import LEASE_MARGIN, TransferWatch
+from worker.archive import ArchiveStore
 from worker.convert import RawImage, convert_archive, find_raw_image
 from worker.convert.manifest import raw_manifest_key
 from worker.convert.source import conversion_scope
 from worker.errors import ApiError, NotFound, OperationTimeout, describe, is_permanent
-from worker.jobstore import STORE_UNREACHABLE, JobRecord, RedisJobStore, Step
+from worker.jobstore import GENESIS, STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.manifest import ArchiveId, Manifest
 from worker.polling import poll_interval
 from worker.providers.genesiscloud import GenesisCloud
 from worker.retry import RetryPolicy
-from worker.settings import Settings
 from worker.transfer import TransferStopped, discard_transfer
 from worker.units import GiB
 
@@ -88,24 +88,6 @@ class RestoreRequest:
 RestoreStep = Callable[[Context, str, str, RestoreRequest], Awaitable[Next | None]]
 
 
-def restore_store(settings: Settings) -> RedisJobStore:
-    """The shared store of restore jobs: Redis at ``SNAPARCHIVE_REDIS_URL``, under
-    ``{SNAPARCHIVE_QUEUE}:genesis``."""
-    return RedisJobStore(settings.redis_url, namespace=f"{settings.queue}:genesis")
-
-
-_contexts: dict[int, Context] = {}
-
-
-def restore_context(ctx: Context) -> Context:
-    """The worker's context with the restore job store in place of the archive one (made once
-    per context)."""
-    found = _contexts.get(id(ctx))
-    if found is None:
-        found = _contexts[id(ctx)] = dataclasses.replace(ctx, store=restore_store(ctx.settings))
-    return found
-
-
 def size_gib(raw_size: int) -> int:
     """Genesis' ``size``: the uncompressed image in GiB, rounded up, at least 1."""
     return max(1, math.ceil(raw_size / GiB))
@@ -140,7 +122,7 @@ def outcome(
 
 
 async def _active(ctx: Context, zone: str, snapshot_id: str) -> JobRecord | None:
-    job = await ctx.store.get(zone, snapshot_id)
+    job = await ctx.store.get(zone, snapshot_id, kind=GENESIS)
     if job is None or not job.active:
         return None
     if job.cancel_requested:
@@ -173,13 +155,13 @@ async def genesis_convert(
     manifest = await _archive(ctx, zone, snapshot_id)
     owner, leased_at = run_token(ctx), time.monotonic()
     ttl = ctx.settings.lease_ttl
-    if not await ctx.store.acquire_lease(zone, snapshot_id, owner, ttl):
-        left = await ctx.store.lease_left(zone, snapshot_id)
+    if not await ctx.store.acquire_lease(zone, snapshot_id, owner, ttl, kind=GENESIS):
+        left = await ctx.store.lease_left(zone, snapshot_id, kind=GENESIS)
         return Next("genesis_convert", min(ttl, left + LEASE_MARGIN))
     try:
-        await ctx.store.update(zone, snapshot_id, step=Step.TRANSFERRING)
-        saved = await load_checkpoint(ctx.store, zone, snapshot_id)
-        watch = TransferWatch(ctx, zone, snapshot_id, owner, leased_at)
+        await ctx.store.update(zone, snapshot_id, kind=GENESIS, step=Step.TRANSFERRING)
+        saved = await load_checkpoint(ctx.store, zone, snapshot_id, GENESIS)
+        watch = TransferWatch(ctx, zone, snapshot_id, owner, leased_at, GENESIS)
         try:
             image = await convert_archive(
                 ctx.archive,
@@ -211,10 +193,11 @@ async def genesis_convert(
             await watch.close()
             raise
         await watch.close(save=False)
-        await ctx.store.clear_checkpoint(zone, snapshot_id)
+        await ctx.store.clear_checkpoint(zone, snapshot_id, kind=GENESIS)
         await ctx.store.update(
             zone,
             snapshot_id,
+            kind=GENESIS,
             bytes_done=image.raw_size,
             bytes_total=image.raw_size,
             result=outcome(ctx, zone, snapshot_id, request, image, None, "converted"),
@@ -222,7 +205,7 @@ async def genesis_convert(
         return Next("genesis_create")
     finally:
         try:
-            await ctx.store.release_lease(zone, snapshot_id, owner)
+            await ctx.store.release_lease(zone, snapshot_id, owner, kind=GENESIS)
         except STORE_UNREACHABLE as error:
             logger.warning("%s/%s: cannot release the lease: %s", zone, snapshot_id, error)
 
@@ -258,6 +241,7 @@ async def genesis_create(
     await ctx.store.update(
         zone,
         snapshot_id,
+        kind=GENESIS,
         step=Step.AWAITING_PROVIDER,
         operation_id=created.id,
         wait_started_at=time.time(),
@@ -281,7 +265,9 @@ async def genesis_await(
     status = (snapshot.raw_status or "").lower()
     result = {**(job.result or {}), "status": status}
     if status == "created":
-        await ctx.store.update(zone, snapshot_id, step=Step.DONE, result=result, error=None)
+        await ctx.store.update(
+            zone, snapshot_id, kind=GENESIS, step=Step.DONE, result=result, error=None
+        )
         return None
     if snapshot.status == "error":
         raise SnapshotFailed(
@@ -292,7 +278,7 @@ async def genesis_await(
         raise OperationTimeout(
             f"genesiscloud: snapshot {snapshot.id} still {status} after {elapsed:.0f}s"
         )
-    await ctx.store.update(zone, snapshot_id, result=result)
+    await ctx.store.update(zone, snapshot_id, kind=GENESIS, result=result)
     return Next("genesis_await", poll_interval(elapsed))
 
 
@@ -303,21 +289,47 @@ STEPS: dict[str, RestoreStep] = {
 }
 
 
+async def drop_conversion(
+    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str
+) -> None:
+    """Drop the uploads of the job's conversion, then its checkpoint. Call it under the job's
+    lease."""
+    checkpoint = await load_checkpoint(store, zone, snapshot_id, GENESIS)
+    source = ArchiveId(PROVIDER, zone, snapshot_id)
+    await discard_transfer(archive, source, checkpoint, conversion_scope(archive, source))
+    await store.clear_checkpoint(zone, snapshot_id, kind=GENESIS)
+
+
+async def finish_cancelled(
+    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str, owner: str
+) -> None:
+    """Drop what a cancelled restore's conversion left and mark it cancelled, under the lease
+    (while another run holds it, that run sees the request and does this itself)."""
+    if not await store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE, kind=GENESIS):
+        return
+    try:
+        job = await store.get(zone, snapshot_id, kind=GENESIS)
+        if job is None or not job.active:
+            return
+        await drop_conversion(store, archive, zone, snapshot_id)
+        await store.update(
+            zone, snapshot_id, kind=GENESIS, step=Step.CANCELLED, error="cancelled by operator"
+        )
+    finally:
+        await store.release_lease(zone, snapshot_id, owner, kind=GENESIS)
+
+
 async def _cleanup(
     ctx: Context, zone: str, snapshot_id: str, step: Step, reason: str, owner: str | None = None
 ) -> None:
     """Drop what the conversion left (under the lease), then end the job as ``step``."""
     owner = owner or run_token(ctx)
-    if await ctx.store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE):
+    if await ctx.store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE, kind=GENESIS):
         try:
-            checkpoint = await load_checkpoint(ctx.store, zone, snapshot_id)
-            archive = ArchiveId(PROVIDER, zone, snapshot_id)
-            scope = conversion_scope(ctx.archive, archive)
-            await discard_transfer(ctx.archive, archive, checkpoint, scope)
-            await ctx.store.clear_checkpoint(zone, snapshot_id)
+            await drop_conversion(ctx.store, ctx.archive, zone, snapshot_id)
         finally:
-            await ctx.store.release_lease(zone, snapshot_id, owner)
-    await ctx.store.update(zone, snapshot_id, step=step, error=reason)
+            await ctx.store.release_lease(zone, snapshot_id, owner, kind=GENESIS)
+    await ctx.store.update(zone, snapshot_id, kind=GENESIS, step=step, error=reason)
 
 
 async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) -> None:
@@ -379,4 +391,3 @@ async def run_restore(
             return
         await asyncio.sleep(following.delay)
         step = following.step
-

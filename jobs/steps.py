@@ -29,7 +29,7 @@ from worker.errors import (
     error_kind,
     is_permanent,
 )
-from worker.jobstore import STORE_UNREACHABLE, JobRecord, JobStore, Step
+from worker.jobstore import ARCHIVE, STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.manifest import ArchiveId
 from worker.models import Snapshot
 from worker.polling import poll_interval
@@ -98,11 +98,14 @@ async def finish_cancelled(
         await store.release_lease(zone, snapshot_id, owner)
 
 
-async def load_checkpoint(store: JobStore, zone: str, snapshot_id: str) -> Checkpoint | None:
-    """The job's checkpoint, or ``None``; one that does not parse is dropped with a warning
-    (its uploads are then found by listing the archive's prefix)."""
+async def load_checkpoint(
+    store: JobStore, zone: str, snapshot_id: str, kind: str = ARCHIVE
+) -> Checkpoint | None:
+    """The transfer checkpoint of the job of ``kind`` (default an archive), or ``None``; one
+    that does not parse is dropped with a warning (its uploads are then found by listing the
+    archive's prefix)."""
     try:
-        saved = await store.load_checkpoint(zone, snapshot_id)
+        saved = await store.load_checkpoint(zone, snapshot_id, kind=kind)
         return Checkpoint.from_dict(saved) if saved is not None else None
     except ValueError as error:  # not JSON, or not a checkpoint
         logger.warning("%s/%s: dropping an unreadable checkpoint: %s", zone, snapshot_id, error)

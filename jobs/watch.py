@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from jobs.context import Context
-from worker.jobstore import STORE_UNREACHABLE
+from worker.jobstore import ARCHIVE, STORE_UNREACHABLE
 from worker.transfer import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,19 @@ class TransferWatch:
     """
 
     def __init__(
-        self, ctx: Context, zone: str, snapshot_id: str, owner: str, leased_at: float
+        self,
+        ctx: Context,
+        zone: str,
+        snapshot_id: str,
+        owner: str,
+        leased_at: float,
+        kind: str = ARCHIVE,
     ) -> None:
-        """Start watching the transfer that holds the lease as ``owner`` since ``leased_at``
-        (when the lease was asked for, ``time.monotonic``)."""
+        """Start watching the transfer of the job of ``kind`` (default an archive) that holds
+        the lease as ``owner`` since ``leased_at`` (when the lease was asked for,
+        ``time.monotonic``)."""
         self.ctx, self.zone, self.snapshot_id, self.owner = ctx, zone, snapshot_id, owner
+        self.kind = kind
         self.stop = asyncio.Event()
         self.cancelled = False
         self.lease_lost = False
@@ -90,7 +98,9 @@ class TransferWatch:
             if data is None or self.lease_lost:
                 return
             if not await asyncio.wait_for(
-                self.ctx.store.save_checkpoint(self.zone, self.snapshot_id, data, self.owner),
+                self.ctx.store.save_checkpoint(
+                    self.zone, self.snapshot_id, data, self.owner, kind=self.kind
+                ),
                 STORE_CALL_TIMEOUT,
             ):
                 self._lose_lease()
@@ -144,15 +154,17 @@ class TransferWatch:
         """One round: save what is unsaved, write progress, look for a cancel, renew."""
         ctx, zone, snapshot_id = self.ctx, self.zone, self.snapshot_id
         await self._save()
-        await ctx.store.update(zone, snapshot_id, bytes_done=self._done, bytes_total=self._total)
-        job = await ctx.store.get(zone, snapshot_id)
+        await ctx.store.update(
+            zone, snapshot_id, kind=self.kind, bytes_done=self._done, bytes_total=self._total
+        )
+        job = await ctx.store.get(zone, snapshot_id, kind=self.kind)
         if job is not None and job.cancel_requested:
             self.cancelled = True
             self.stop.set()
         ttl = ctx.settings.lease_ttl
         if self._unreachable or time.monotonic() - self._renewed > ttl / 3:
             asked = time.monotonic()
-            if not await ctx.store.renew_lease(zone, snapshot_id, self.owner, ttl):
+            if not await ctx.store.renew_lease(zone, snapshot_id, self.owner, ttl, kind=self.kind):
                 self._lose_lease()
                 return
             self._renewed = asked
@@ -175,7 +187,11 @@ class TransferWatch:
             if self._total is not None and not self.lease_lost:
                 await asyncio.wait_for(
                     self.ctx.store.update(
-                        self.zone, self.snapshot_id, bytes_done=self._done, bytes_total=self._total
+                        self.zone,
+                        self.snapshot_id,
+                        kind=self.kind,
+                        bytes_done=self._done,
+                        bytes_total=self._total,
                     ),
                     STORE_CALL_TIMEOUT,
                 )

@@ -199,6 +199,29 @@ async def test_a_worker_runs_the_restore_steps(
     result = json.loads(done.stdout)
     assert result["status"] == "created"
     assert result["raw_md5"] == hashlib.md5(expected).hexdigest()
+    shown = cli(env, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [job] = [j for j in json.loads(shown.stdout)["jobs"] if j["snapshot_id"] == snapshot_id]
+    assert (job["kind"], job["status"]) == ("genesis", "done")
+    assert job["result"]["snapshot_id"] == result["snapshot_id"]  # Genesis' id, kept apart
+    assert f"Genesis snapshot 'by-worker' ({result['snapshot_id']})" in cli(env, "status").stdout
+
+
+async def test_status_shows_a_queued_restore_and_cancel_ends_it(env, moto_endpoint, s3_bucket):
+    snapshot_id = await archived(moto_endpoint, s3_bucket, b"\0" * MiB)
+    queued = restore(env, snapshot_id, "--name", "never-run", "--json")
+    assert queued.returncode == 0, queued.stderr
+    assert json.loads(queued.stdout)["status"] == "queued"
+    shown = cli(env, "status", "--json")
+    [job] = [j for j in json.loads(shown.stdout)["jobs"] if j["snapshot_id"] == snapshot_id]
+    assert (job["kind"], job["status"]) == ("genesis", "queued")
+    # No worker runs: cancel takes the free lease and ends the job itself.
+    cancelled = cli(env, "cancel", snapshot_id, "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+    again = cli(env, "status", "--json")
+    [job] = [j for j in json.loads(again.stdout)["jobs"] if j["snapshot_id"] == snapshot_id]
+    assert job["status"] == "cancelled"
 
 
 def test_gc_keeps_the_conversion_upload_of_a_running_restore(env, moto_endpoint, s3_bucket):

@@ -99,14 +99,11 @@ def _report_done(record: JobRecord, note: str, as_json: bool) -> int:
     return report(record, as_json=False)
 
 
-async def local_store(settings: Settings, shared: RedisJobStore | None = None) -> JobStore:
+async def local_store(settings: Settings) -> JobStore:
     """The job store of a ``--local`` run: the shared one whenever it answers, so the job shows
     in ``status``, ``cancel`` and ``gc`` see it, and its transfer takes the lease workers take;
-    otherwise one in memory, with a warning.
-
-    :param shared: the shared store to try; default: the archive jobs' store.
-    """
-    store = shared or RedisJobStore.for_settings(settings)
+    otherwise one in memory, with a warning."""
+    store = RedisJobStore.for_settings(settings)
     try:
         reachable = await asyncio.wait_for(store.ping(), PING_TIMEOUT)
     except TimeoutError:

@@ -1,9 +1,10 @@
 """``snaparchive cancel``: stop a job cleanly and abort the uploads it left open.
 
 An archive job's multipart uploads are aborted; a restore job's temporary joined object (or
-its upload) is deleted. A registration Exoscale has already started is not stopped by it:
-a template that still appears can be deleted with ``exo compute instance-template delete``.
-When a snapshot has jobs of both kinds, the running one is cancelled.
+its upload) is deleted; a Genesis restore's conversion uploads are aborted. A registration
+Exoscale has already started is not stopped by it: a template that still appears can be
+deleted with ``exo compute instance-template delete``. When a snapshot has jobs of several
+kinds, the running one is cancelled.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from worker import argtypes as types
 from worker.archive import ArchiveStore
 from worker.commands.follow import outcome_json
-from worker.jobstore import ARCHIVE, RedisJobStore, Step, find_jobs
+from worker.jobstore import ARCHIVE, GENESIS, RESTORE, RedisJobStore, Step, find_jobs
 from worker.settings import load
 
 #: Seconds to wait for the working worker to stop, at least.
@@ -55,7 +56,7 @@ def _outcome(
 
 
 async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> int:
-    from jobs import restore_steps, steps
+    from jobs import genesis_steps, restore_steps, steps
 
     settings = load()
     settings.s3.require_bucket()
@@ -68,11 +69,11 @@ async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> 
             body = {"zone": zone, "snapshot_id": snapshot_id, "status": None}
             return _outcome(as_json, body, error=f"no job for {where}", status=1)
         zone, kind = record.zone, record.kind
-        finish_cancelled = steps.finish_cancelled
-        done_note = "its multipart uploads are aborted"
-        if kind != ARCHIVE:
-            finish_cancelled = restore_steps.finish_cancelled
-            done_note = "its temporary object is deleted"
+        finish_cancelled, done_note = {
+            ARCHIVE: (steps.finish_cancelled, "its multipart uploads are aborted"),
+            RESTORE: (restore_steps.finish_cancelled, "its temporary object is deleted"),
+            GENESIS: (genesis_steps.finish_cancelled, "its conversion's uploads are aborted"),
+        }[kind]
         if record.step == Step.UNREADABLE:
             # No step works on it any more; what it left open is gc's (once no lease holds it).
             error = f"{zone}/{snapshot_id}: {record.error}"
@@ -87,7 +88,7 @@ async def _cancel(zone: str | None, snapshot_id: str, as_json: bool = False) -> 
             return _outcome(as_json, outcome_json(record), error=error, status=1)
         # A dead worker's lease expires after SNAPARCHIVE_LEASE_TTL (a restore step's after
         # restore_steps.STEP_LEASE): then this command acts on its behalf.
-        lease = settings.lease_ttl if kind == ARCHIVE else restore_steps.STEP_LEASE
+        lease = restore_steps.STEP_LEASE if kind == RESTORE else settings.lease_ttl
         patience = max(ACK_TIMEOUT, lease + 10)
         deadline = time.monotonic() + patience
         owner = "snaparchive-cancel"

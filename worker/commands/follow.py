@@ -145,7 +145,10 @@ def _say(display: ProgressDisplay | None, text: str) -> None:
 
 
 def outcome_json(record: JobRecord) -> dict[str, Any]:
-    """The one JSON object ``archive --json`` prints when a job ends."""
+    """The one JSON object ``archive --json`` prints when a job ends (and ``status`` and
+    ``cancel`` print of any job): ``job``, ``zone``, ``snapshot_id``, ``status``, an
+    archive's result beside them; another kind's (named by ``kind``) under ``result``, as its
+    own ``zone`` and ``snapshot_id`` (a template's zone, Genesis' snapshot) are not the job's."""
     body: dict[str, Any] = {
         "job": f"{record.zone}/{record.snapshot_id}",
         **({"kind": record.kind} if record.kind != ARCHIVE else {}),
@@ -153,8 +156,10 @@ def outcome_json(record: JobRecord) -> dict[str, Any]:
         "snapshot_id": record.snapshot_id,
         "status": record.step,
     }
-    if record.result:
+    if record.result and record.kind == ARCHIVE:
         body.update(record.result)
+    elif record.result:
+        body["result"] = record.result
     if record.error:
         body["error"] = record.error
     if record.error_kind:

@@ -2,10 +2,10 @@
 of archives that lost their manifest (see :mod:`worker.orphans`; the same guards apply).
 
 Incomplete uploads are invisible but their parts are billed. An upload is abandoned when
-no active job of the job store owns its snapshot, nobody holds the transfer lease of its
-archive (whatever the upload's age: a transfer is running), no restore job converting the
-archive is active or leased (the restore job store, :mod:`jobs.genesis_steps`), and it is older than
-``--older-than`` hours: a guard for transfers the job store does not know, like
+no active job of the job store owns its snapshot (an archive, or a restore converting the
+archive beside it, :mod:`jobs.genesis_steps`), nobody holds the transfer lease of either
+(whatever the upload's age: a transfer is running), and it is older than ``--older-than``
+hours: a guard for transfers the job store does not know, like
 ``archive --local`` runs that could not reach Redis. ``0`` drops the guard, for when no
 such run can be going on.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 from worker import argtypes as types
 from worker.archive import ArchiveStore
-from worker.jobstore import JobStore, RedisJobStore
+from worker.jobstore import ARCHIVE, GENESIS, JobStore, RedisJobStore
 from worker.orphans import find_orphans, remove_orphan
 from worker.settings import load
 
@@ -63,10 +63,10 @@ async def _answers(store: RedisJobStore) -> bool:
         return False
 
 
-async def _leased(owner: tuple[str, str], *stores: JobStore) -> bool:
-    """Whether a transfer (an archive's, or a restore's conversion) holds the lease."""
-    for store in stores:
-        if await store.lease_left(*owner) > 0:
+async def _leased(owner: tuple[str, str], store: JobStore) -> bool:
+    """Whether a transfer (an archive's, or a Genesis restore's conversion) holds the lease."""
+    for kind in (ARCHIVE, GENESIS):
+        if await store.lease_left(*owner, kind=kind) > 0:
             return True
     return False
 
@@ -76,12 +76,11 @@ async def _gc(min_age: float, dry_run: bool, as_json: bool) -> int:
     settings.s3.require_bucket()
     archive = ArchiveStore(settings.s3)
     store = RedisJobStore.for_settings(settings)
-    # Restores convert archives beside them (image.raw.zst): their jobs and leases count too.
-    restores = RedisJobStore(settings.redis_url, namespace=f"{settings.queue}:genesis")
     try:
         reachable = await _answers(store)
         if reachable:
-            jobs = await store.list(limit=100_000) + await restores.list(limit=100_000)
+            # Every kind: Genesis restores convert archives beside them (image.raw.zst).
+            jobs = await store.list(limit=100_000)
             active = {(r.zone, r.snapshot_id) for r in jobs if r.active}
         else:
             active = set()
@@ -103,7 +102,7 @@ async def _gc(min_age: float, dry_run: bool, as_json: bool) -> int:
             reason: str | None = None
             if owner in active:
                 reason = "job_running"
-            elif reachable and owner is not None and await _leased(owner, store, restores):
+            elif reachable and owner is not None and await _leased(owner, store):
                 reason = "leased"
             elif min_age and age is None:
                 reason = "age_unknown"
@@ -131,7 +130,6 @@ async def _gc(min_age: float, dry_run: bool, as_json: bool) -> int:
         return 0
     finally:
         await store.close()
-        await restores.close()
         await archive.close()
 
 

@@ -25,8 +25,8 @@ from typing import Any
 from worker.archive import ArchiveStore
 from worker.commands.archive import local_store
 from worker.commands.follow import follow, run_here
-from worker.errors import ConfigError, NotFound
-from worker.jobstore import JobRecord, JobStore, Step
+from worker.errors import ConfigError, NotFound, describe
+from worker.jobstore import GENESIS, JobRecord, JobStore, RedisJobStore, Step
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
 from worker.units import format_size
@@ -85,15 +85,14 @@ async def _restore(settings: Settings, args: argparse.Namespace, request: Any) -
 async def _claim(store: JobStore, zone: str, snapshot_id: str) -> tuple[JobRecord, bool]:
     """A new restore job, or the running one (a finished one is replaced: a second restore
     makes a second snapshot)."""
-    record, created = await store.claim(zone, snapshot_id, replace_done=True)
-    return record, created
+    return await store.claim(zone, snapshot_id, replace_done=True, kind=GENESIS)
 
 
 async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> int:
     from jobs.context import Context
-    from jobs.genesis_steps import restore_store, run_restore
+    from jobs.genesis_steps import run_restore
 
-    store = await local_store(settings, restore_store(settings))
+    store = await local_store(settings)
     # A restore calls no Exoscale API: during an Exoscale outage it needs no credentials.
     exoscale = dataclasses.replace(
         settings.exoscale,
@@ -111,7 +110,7 @@ async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> 
             )
         record = await run_here(
             run_restore(ctx, zone, snapshot_id, request),
-            follow(ctx.store, zone, snapshot_id, _display(args), 0.25),
+            follow(ctx.store, zone, snapshot_id, _display(args), 0.25, kind=GENESIS),
         )
     finally:
         await ctx.close()
@@ -120,10 +119,9 @@ async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> 
 
 async def _queue(settings: Settings, args: argparse.Namespace, request: Any) -> int:
     from jobs import actors
-    from jobs.genesis_steps import restore_store
 
     zone, snapshot_id = args.zone, args.snapshot_id
-    store = restore_store(settings)
+    store = RedisJobStore.for_settings(settings)
     try:
         record, created = await _claim(store, zone, snapshot_id)
         if created or record.sent_at is None:
@@ -132,9 +130,12 @@ async def _queue(settings: Settings, args: argparse.Namespace, request: Any) -> 
             except Exception as error:
                 if created:
                     await store.discard(record)
-                print(f"snaparchive: error: cannot queue the restore: {error}", file=sys.stderr)
+                print(
+                    f"snaparchive: error: cannot queue the restore: {describe(error)}",
+                    file=sys.stderr,
+                )
                 return 1
-            await store.update(zone, snapshot_id, sent_at=time.time())
+            await store.update(zone, snapshot_id, kind=GENESIS, sent_at=time.time())
             note = "queued"
         else:
             note = f"joined the running restore ({record.step})"
@@ -145,7 +146,7 @@ async def _queue(settings: Settings, args: argparse.Namespace, request: Any) -> 
             else:
                 print(f"{zone}/{snapshot_id}: restore to Genesis Cloud {note}", file=sys.stderr)
             return 0
-        final = await follow(store, zone, snapshot_id, _display(args))
+        final = await follow(store, zone, snapshot_id, _display(args), kind=GENESIS)
         return report(final, args.json)
     finally:
         await store.close()

@@ -15,7 +15,7 @@ from worker.archive import ArchiveStore
 from worker.commands.follow import outcome_json
 from worker.commands.policy_args import add_policies_argument, load_policies
 from worker.commands.policy_status import policy_rows
-from worker.jobstore import JobRecord, JobStore, RedisJobStore, Step, find_jobs
+from worker.jobstore import GENESIS, JobRecord, JobStore, RedisJobStore, Step, find_jobs
 from worker.policy import policies_path
 from worker.settings import Settings, load
 from worker.units import format_age, format_size
@@ -47,6 +47,12 @@ def _detail(record: JobRecord) -> str:
     if record.result and "template_id" in record.result:
         result = record.result
         return f"template {result['name']!r} ({result['template_id']}) in {result['zone']}"
+    if record.result and record.kind == GENESIS:
+        result = record.result
+        return (
+            f"Genesis snapshot {result['name']!r} ({result['snapshot_id'] or 'not asked yet'}) "
+            f"in {result['region']}: {result['status']}"
+        )
     if record.result:
         return f"s3://{record.result['bucket']}/{record.result['manifest']}"
     if record.restore and record.active:

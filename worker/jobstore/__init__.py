@@ -14,12 +14,13 @@ import builtins
 from typing import Any, Protocol
 
 from worker.jobstore.memory_store import MemoryJobStore
-from worker.jobstore.record import ARCHIVE, KINDS, RESTORE, TERMINAL, JobRecord, Step
+from worker.jobstore.record import ARCHIVE, GENESIS, KINDS, RESTORE, TERMINAL, JobRecord, Step
 from worker.jobstore.redis_store import STORE_UNREACHABLE, RedisJobStore
 from worker.settings import EXOSCALE_ZONES
 
 __all__ = [
     "ARCHIVE",
+    "GENESIS",
     "KINDS",
     "RESTORE",
     "STORE_UNREACHABLE",
@@ -127,8 +128,8 @@ async def find_jobs(
     store: JobStore, snapshot_id: str, zone: str | None = None, kinds: tuple[str, ...] = KINDS
 ) -> list[JobRecord]:
     """The jobs of ``snapshot_id`` in ``zone`` (default: in each zone of
-    :data:`~worker.settings.EXOSCALE_ZONES`) of ``kinds`` (default every kind: archives and
-    restores), the running one first.
+    :data:`~worker.settings.EXOSCALE_ZONES`) of ``kinds`` (default every kind), the running one
+    first.
 
     Snapshot ids are UUIDs, unique across zones, so there is at most one in practice; a direct
     look in each zone finds it however many other jobs the store holds. A job in a zone newer

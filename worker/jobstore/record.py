@@ -1,8 +1,9 @@
 """The record of a job: its step, progress and outcome, and how a stored one is read.
 
-Jobs are of a ``kind``: :data:`ARCHIVE` (a snapshot into the bucket) or :data:`RESTORE` (an
-archive back into Exoscale as a template). Both are keyed by the snapshot's zone and id, so a
-snapshot has at most one active job of each kind.
+Jobs are of a ``kind``: :data:`ARCHIVE` (a snapshot into the bucket), :data:`RESTORE` (an
+archive back into Exoscale as a template) or :data:`GENESIS` (an archive brought up at Genesis
+Cloud). All are keyed by the snapshot's zone and id, so a snapshot has at most one active job
+of each kind.
 
 A record that cannot be read (fields missing, values that are not JSON or not of their type) is
 reported, not raised: :func:`parse` returns it with the step :attr:`Step.UNREADABLE` and the
@@ -18,15 +19,17 @@ from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-#: The kinds of job: an archive, and a restore of an archive as a template.
+#: The kinds of job: an archive, a restore of an archive as a template, and a restore of an
+#: archive at Genesis Cloud.
 ARCHIVE = "archive"
 RESTORE = "restore"
-KINDS = (ARCHIVE, RESTORE)
+GENESIS = "genesis"
+KINDS = (ARCHIVE, RESTORE, GENESIS)
 
 
 def job_key(zone: str, snapshot_id: str, kind: str = ARCHIVE) -> str:
     """The job's key in the store's index: ``{zone}:{id}`` for an archive (as it always was),
-    ``restore:{zone}:{id}`` for a restore (no zone is named ``restore``)."""
+    ``{kind}:{zone}:{id}`` for the others (no zone is named as a kind)."""
     return f"{zone}:{snapshot_id}" if kind == ARCHIVE else f"{kind}:{zone}:{snapshot_id}"
 
 
@@ -85,7 +88,7 @@ class JobRecord:
       bytes_done, bytes_total: Transfer progress.
       result: The archive once done (:meth:`worker.archive.ArchiveResult.to_dict`); for a
         restore, the template (``template_id``, ``name``, ``zone``, ``size``, ``checksum``,
-        ``source``).
+        ``source``); for a Genesis restore, :func:`jobs.genesis_steps.outcome`.
       error: Why the job failed, in one line.
       error_kind: What kind of failure it was (:func:`worker.errors.error_kind`):
         ``verification`` (bad data: exit status 3), ``permanent`` or ``transient``.
@@ -93,7 +96,7 @@ class JobRecord:
       sent_at: When the job's first message was handed to the broker (``None``: never, as
         for a send that failed or an ``archive --local`` run).
       policy: The backup policy whose run queued the job (recorded in the manifest), if any.
-      kind: :data:`ARCHIVE` or :data:`RESTORE`.
+      kind: :data:`ARCHIVE`, :data:`RESTORE` or :data:`GENESIS`.
       restore: What a restore was asked for: ``target_zone``, ``name`` and the template
         settings the operator overrode (see :class:`worker.source_template.Overrides`).
     """

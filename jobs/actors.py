@@ -1,5 +1,5 @@
-"""The Dramatiq actors of the archive pipeline, one per step of :mod:`jobs.steps`, and of
-restore jobs, one per step of :mod:`jobs.restore_steps`.
+"""The Dramatiq actors of every job, one per step of its chain (:mod:`jobs.chains`): the
+archive pipeline's (:mod:`jobs.steps`), backups', restores', scrubs' and Genesis restores'.
 
 Importing this module configures the broker from ``SNAPARCHIVE_BROKER_URL``. Actors are
 plain functions that run their step on the worker process's event loop (the AsyncIO
@@ -285,6 +285,27 @@ def verify_archive(zone: str, snapshot_id: str) -> None:
     _drive("verify_archive", zone, snapshot_id)
 
 
+# -- Genesis Cloud restores (jobs.genesis_steps): the conversion one slice at a time ---------
+
+
+@dramatiq.actor(time_limit=_TRANSFER_LIMIT, **_options)
+def genesis_convert(zone: str, snapshot_id: str) -> None:
+    """Convert the archive to raw+zstd for one slice, resuming from the checkpoint."""
+    _drive("genesis_convert", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def genesis_create(zone: str, snapshot_id: str) -> None:
+    """Ask Genesis Cloud for the snapshot, from a presigned URL of the raw image."""
+    _drive("genesis_create", zone, snapshot_id)
+
+
+@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
+def genesis_await(zone: str, snapshot_id: str) -> None:
+    """Look at the Genesis Cloud snapshot once; re-enqueued with a delay while it is made."""
+    _drive("genesis_await", zone, snapshot_id)
+
+
 ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "start_export": start_export,
     "await_export": await_export,
@@ -297,52 +318,6 @@ ACTORS: dict[str, dramatiq.Actor[[str, str], None]] = {
     "restore_register": restore_register,
     "restore_await": restore_await,
     "verify_archive": verify_archive,
-}
-
-
-# -- Genesis Cloud restores (jobs.genesis_steps): their steps take a request too --------------
-from jobs import genesis_steps  # noqa: E402 (after the broker is set up, like every actor)
-
-
-def _drive_restore(name: str, zone: str, snapshot_id: str, *request: str | None) -> None:
-    message = CurrentMessage.get_current_message()
-    retries = message.options.get("retries", 0) if message is not None else 0
-    wanted = genesis_steps.RestoreRequest.from_args(*request)
-    try:
-        ctx = _loop_thread().run_coroutine(_get_context())
-        following = _loop_thread().run_coroutine(
-            genesis_steps.run_step(
-                ctx, name, zone, snapshot_id, wanted, retries >= MAX_RETRIES, _until_store_answers
-            )
-        )
-        if following is not None:
-            RESTORE_ACTORS[following.step].send_with_options(
-                args=(zone, snapshot_id, *wanted.args()), delay=int(following.delay * 1000)
-            )
-    except Exception as error:
-        logger.warning("%s %s/%s: %s (will retry)", name, zone, snapshot_id, describe(error))
-        raise StepRetry(f"{name} {zone}/{snapshot_id}: {describe(error)}") from None
-
-
-@dramatiq.actor(time_limit=_TRANSFER_LIMIT, **_options)
-def genesis_convert(zone: str, snapshot_id: str, *request: str | None) -> None:
-    """Convert the archive to raw+zstd for one slice, resuming from the checkpoint."""
-    _drive_restore("genesis_convert", zone, snapshot_id, *request)
-
-
-@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
-def genesis_create(zone: str, snapshot_id: str, *request: str | None) -> None:
-    """Ask Genesis Cloud for the snapshot, from a presigned URL of the raw image."""
-    _drive_restore("genesis_create", zone, snapshot_id, *request)
-
-
-@dramatiq.actor(time_limit=SHORT_TIME_LIMIT, **_options)
-def genesis_await(zone: str, snapshot_id: str, *request: str | None) -> None:
-    """Look at the Genesis Cloud snapshot once; re-enqueued with a delay while it is made."""
-    _drive_restore("genesis_await", zone, snapshot_id, *request)
-
-
-RESTORE_ACTORS: dict[str, dramatiq.Actor] = {
     "genesis_convert": genesis_convert,
     "genesis_create": genesis_create,
     "genesis_await": genesis_await,

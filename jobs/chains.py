@@ -2,8 +2,8 @@
 
 A chain is where a job starts, its step functions by name, and how it ends when a step
 fails for good. Every step takes the context and the job's two words: a zone and a
-snapshot id for an archive or a restore as a template (the archive's source), a run id and
-an instance id for a backup.
+snapshot id for an archive or a restore (the archive's source), a run id and an instance id
+for a backup.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from jobs import backup_steps, restore_steps, steps, verify_steps
+from jobs import backup_steps, genesis_steps, restore_steps, steps, verify_steps
 from jobs.context import Context
 from jobs.steps import StepFunction
 
@@ -33,6 +33,7 @@ ARCHIVE = Chain("archive", "start_export", steps.STEPS, steps.fail)
 BACKUP = Chain("backup", "backup_snapshot", backup_steps.STEPS, backup_steps.fail)
 RESTORE = Chain("restore", restore_steps.FIRST, restore_steps.STEPS, restore_steps.fail)
 VERIFY = Chain("verify", "verify_archive", verify_steps.STEPS, verify_steps.fail)
-CHAINS = (ARCHIVE, BACKUP, RESTORE, VERIFY)
+GENESIS = Chain("genesis", "genesis_convert", genesis_steps.STEPS, genesis_steps.fail)
+CHAINS = (ARCHIVE, BACKUP, RESTORE, VERIFY, GENESIS)
 #: The chain of every step, by the step's name.
 CHAIN_OF: dict[str, Chain] = {name: chain for chain in CHAINS for name in chain.steps}

@@ -14,36 +14,41 @@
 
 Their jobs are of kind :data:`~worker.jobstore.GENESIS` in the job store (records, leases and
 checkpoints keyed by the source zone and snapshot id, beside its archive job: ``status`` and
-``cancel`` see them as they see every job); messages carry the zone, the snapshot id, the
-region and the name. Like :mod:`jobs.steps`, each step is short and idempotent, and says what
-comes next.
+``cancel`` see them as they see every job), with the Genesis region and name in the record
+(:class:`RestoreRequest`); messages carry the zone and the snapshot id. Like
+:mod:`jobs.steps`, each step is short and idempotent, and says what comes next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from jobs.context import Context
-from jobs.local import LOCAL_RETRIES
-from jobs.steps import RESUME_PAUSE, Next, load_checkpoint, run_token
+from jobs.steps import RESUME_PAUSE, Next, StepFunction, load_checkpoint, run_token
 from jobs.watch import LEASE_MARGIN, TransferWatch
 from worker.archive import ArchiveStore
 from worker.convert import RawImage, convert_archive, find_raw_image
 from worker.convert.manifest import raw_manifest_key
 from worker.convert.source import conversion_scope
-from worker.errors import ApiError, NotFound, OperationTimeout, describe, is_permanent
+from worker.errors import (
+    ApiError,
+    NotFound,
+    OperationTimeout,
+    SnaparchiveError,
+    describe,
+    is_permanent,
+)
 from worker.jobstore import GENESIS, STORE_UNREACHABLE, JobRecord, JobStore, Step
 from worker.manifest import ArchiveId, Manifest
 from worker.polling import poll_interval
 from worker.providers.genesiscloud import GenesisCloud
-from worker.retry import RetryPolicy
 from worker.transfer import TransferStopped, discard_transfer
 from worker.units import GiB
 
@@ -66,26 +71,29 @@ class SnapshotFailed(ApiError):
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    """Where the snapshot goes: Genesis ``region`` and snapshot ``name`` (and ``os_type``)."""
+    """Where the snapshot goes: Genesis ``region`` and snapshot ``name`` (and ``os_type``).
+    The job record keeps it (its ``restore``), so messages carry only the zone and the
+    snapshot id, as every job's do."""
 
     region: str
     name: str
     os_type: str | None = None
 
-    def args(self) -> tuple[str, str, str | None]:
-        """The message arguments after the zone and the snapshot id."""
-        return (self.region, self.name, self.os_type)
+    def to_dict(self) -> dict[str, Any]:
+        """The record's ``restore``."""
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_args(cls, *args: str | None) -> RestoreRequest:
-        """The request :meth:`args` made message arguments of."""
-        region, name, os_type = [*args, None, None, None][:3]
-        if not region or not name:
-            raise ValueError("a restore message needs a region and a name")
-        return cls(region, name, os_type)
-
-
-RestoreStep = Callable[[Context, str, str, RestoreRequest], Awaitable[Next | None]]
+    def of(cls, job: JobRecord) -> RestoreRequest:
+        """The request a job record keeps (:meth:`to_dict`)."""
+        wanted = job.restore or {}
+        region, name = wanted.get("region"), wanted.get("name")
+        if not isinstance(region, str) or not isinstance(name, str):
+            raise SnaparchiveError(
+                f"{job.zone}/{job.snapshot_id}: the restore job names no Genesis region and name"
+            )
+        os_type = wanted.get("os_type")
+        return cls(region, name, os_type if isinstance(os_type, str) else None)
 
 
 def size_gib(raw_size: int) -> int:
@@ -145,13 +153,13 @@ def _genesis() -> GenesisCloud:
     return GenesisCloud.from_env(os.environ)
 
 
-async def genesis_convert(
-    ctx: Context, zone: str, snapshot_id: str, request: RestoreRequest
-) -> Next | None:
+async def genesis_convert(ctx: Context, zone: str, snapshot_id: str) -> Next | None:
     """Convert the archive to ``image.raw.zst`` (or find it converted), resuming from the
     checkpoint."""
-    if await _active(ctx, zone, snapshot_id) is None:
+    job = await _active(ctx, zone, snapshot_id)
+    if job is None:
         return None
+    request = RestoreRequest.of(job)
     manifest = await _archive(ctx, zone, snapshot_id)
     owner, leased_at = run_token(ctx), time.monotonic()
     ttl = ctx.settings.lease_ttl
@@ -210,13 +218,12 @@ async def genesis_convert(
             logger.warning("%s/%s: cannot release the lease: %s", zone, snapshot_id, error)
 
 
-async def genesis_create(
-    ctx: Context, zone: str, snapshot_id: str, request: RestoreRequest
-) -> Next | None:
+async def genesis_create(ctx: Context, zone: str, snapshot_id: str) -> Next | None:
     """Ask Genesis Cloud to create the snapshot from a presigned URL of ``image.raw.zst``."""
     job = await _active(ctx, zone, snapshot_id)
     if job is None:
         return None
+    request = RestoreRequest.of(job)
     if job.operation_id:
         return Next("genesis_await")  # a message sent again: the snapshot is asked for
     manifest = await _archive(ctx, zone, snapshot_id)
@@ -250,13 +257,12 @@ async def genesis_create(
     return Next("genesis_await", poll_interval(0))
 
 
-async def genesis_await(
-    ctx: Context, zone: str, snapshot_id: str, request: RestoreRequest
-) -> Next | None:
+async def genesis_await(ctx: Context, zone: str, snapshot_id: str) -> Next | None:
     """Look at the Genesis snapshot once: done when ``created``, failed on ``error``."""
     job = await _active(ctx, zone, snapshot_id)
     if job is None:
         return None
+    request = RestoreRequest.of(job)
     assert job.operation_id, "genesis_await needs the snapshot genesis_create asked for"
     elapsed = time.time() - (job.wait_started_at or time.time())
     async with _genesis() as genesis:
@@ -282,7 +288,7 @@ async def genesis_await(
     return Next("genesis_await", poll_interval(elapsed))
 
 
-STEPS: dict[str, RestoreStep] = {
+STEPS: dict[str, StepFunction] = {
     "genesis_convert": genesis_convert,
     "genesis_create": genesis_create,
     "genesis_await": genesis_await,
@@ -337,57 +343,3 @@ async def fail(ctx: Context, zone: str, snapshot_id: str, error: BaseException) 
     reason = describe(error)
     logger.error("restore %s/%s to Genesis Cloud failed: %s", zone, snapshot_id, reason)
     await _cleanup(ctx, zone, snapshot_id, Step.FAILED, reason)
-
-
-async def run_step(
-    ctx: Context,
-    name: str,
-    zone: str,
-    snapshot_id: str,
-    request: RestoreRequest,
-    last_try: bool,
-    store_answers: Callable[[Context], Awaitable[None]],
-) -> Next | None:
-    """Run one step for a Dramatiq actor: a permanent error, or any on the last try, fails
-    the job; others are raised for a retry (``store_answers`` waits for a store that is away,
-    as the archive actors do)."""
-    try:
-        following = await STEPS[name](ctx, zone, snapshot_id, request)
-    except Exception as error:
-        await store_answers(ctx)
-        if is_permanent(error) or last_try:
-            await fail(ctx, zone, snapshot_id, error)
-            return None
-        raise
-    if following is not None:
-        await store_answers(ctx)
-    return following
-
-
-async def run_restore(
-    ctx: Context,
-    zone: str,
-    snapshot_id: str,
-    request: RestoreRequest,
-    retry: RetryPolicy = LOCAL_RETRIES,
-) -> None:
-    """Drive a claimed restore job in this process to its end (``restore --local``)."""
-    step: str | None = "genesis_convert"
-    failures = 0
-    while step is not None:
-        try:
-            following = await STEPS[step](ctx, zone, snapshot_id, request)
-        except Exception as error:
-            failures += 1
-            if is_permanent(error) or failures >= retry.attempts:
-                await fail(ctx, zone, snapshot_id, error)
-                return
-            pause = retry.delay(failures, getattr(error, "retry_after", None))
-            logger.warning("%s: %s; trying again in %.0fs", step, describe(error), pause)
-            await asyncio.sleep(pause)
-            continue
-        failures = 0
-        if following is None or ctx.shutdown.is_set():
-            return
-        await asyncio.sleep(following.delay)
-        step = following.step

@@ -215,6 +215,14 @@ async def test_status_shows_a_queued_restore_and_cancel_ends_it(env, moto_endpoi
     shown = cli(env, "status", "--json")
     [job] = [j for j in json.loads(shown.stdout)["jobs"] if j["snapshot_id"] == snapshot_id]
     assert (job["kind"], job["status"]) == ("genesis", "queued")
+    joined = restore(env, snapshot_id, "--name", "never-run", "--json")
+    assert joined.returncode == 0 and "joined the running restore" in joined.stdout
+    other = restore(env, snapshot_id, "--name", "another-name")
+    assert other.returncode == 1
+    assert other.stderr.strip().endswith(
+        "a restore is running already (as 'never-run' in NORD-NO-KRS-1); wait for it or "
+        f"cancel it (snaparchive cancel {snapshot_id})"
+    )
     # No worker runs: cancel takes the free lease and ends the job itself.
     cancelled = cli(env, "cancel", snapshot_id, "--json")
     assert cancelled.returncode == 0, cancelled.stderr

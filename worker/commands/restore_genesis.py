@@ -20,16 +20,19 @@ import json
 import re
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.archive import ArchiveStore
 from worker.commands.archive import local_store
 from worker.commands.follow import follow, run_here
-from worker.errors import ConfigError, NotFound, describe
+from worker.errors import ConfigError, NotFound, SnaparchiveError, describe
 from worker.jobstore import GENESIS, JobRecord, JobStore, RedisJobStore, Step
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
 from worker.units import format_size
+
+if TYPE_CHECKING:
+    from jobs.genesis_steps import RestoreRequest
 
 #: A region id as Genesis writes them (``NORD-NO-KRS-1``); checked before anything runs.
 _REGION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -69,7 +72,7 @@ def _environ() -> dict[str, str]:
     return dict(os.environ)
 
 
-async def _restore(settings: Settings, args: argparse.Namespace, request: Any) -> int:
+async def _restore(settings: Settings, args: argparse.Namespace, request: RestoreRequest) -> int:
     zone, snapshot_id = args.zone, args.snapshot_id
     async with ArchiveStore(settings.s3) as archive:
         if await archive.find_archive("exoscale", zone, snapshot_id) is None:
@@ -82,15 +85,36 @@ async def _restore(settings: Settings, args: argparse.Namespace, request: Any) -
     return await _queue(settings, args, request)
 
 
-async def _claim(store: JobStore, zone: str, snapshot_id: str) -> tuple[JobRecord, bool]:
-    """A new restore job, or the running one (a finished one is replaced: a second restore
-    makes a second snapshot)."""
-    return await store.claim(zone, snapshot_id, replace_done=True, kind=GENESIS)
+async def _claim(
+    store: JobStore, zone: str, snapshot_id: str, request: RestoreRequest
+) -> tuple[JobRecord, bool]:
+    """A new restore job holding ``request``, or the running one when it was asked for the
+    same (a finished one is replaced: a second restore makes a second snapshot).
+
+    Raises:
+      SnaparchiveError: a restore of the snapshot for another region or name runs, or its
+        record cannot be read.
+    """
+    record, created = await store.claim(zone, snapshot_id, replace_done=True, kind=GENESIS)
+    if record.step == Step.UNREADABLE:
+        raise SnaparchiveError(f"{zone}/{snapshot_id}: {record.error}")
+    if created:
+        await store.update(zone, snapshot_id, kind=GENESIS, restore=request.to_dict())
+        return await store.get(zone, snapshot_id, kind=GENESIS) or record, True
+    if record.restore != request.to_dict():
+        wanted = record.restore or {}
+        raise SnaparchiveError(
+            f"{zone}/{snapshot_id}: a restore is running already (as {wanted.get('name')!r} "
+            f"in {wanted.get('region')}); wait for it or cancel it (snaparchive cancel "
+            f"{snapshot_id})"
+        )
+    return record, False
 
 
-async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> int:
+async def _local(settings: Settings, args: argparse.Namespace, request: RestoreRequest) -> int:
+    from jobs.chains import GENESIS as CHAIN
     from jobs.context import Context
-    from jobs.genesis_steps import run_restore
+    from jobs.local import LocalRunner
 
     store = await local_store(settings)
     # A restore calls no Exoscale API: during an Exoscale outage it needs no credentials.
@@ -102,14 +126,14 @@ async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> 
     ctx = Context.create(dataclasses.replace(settings, exoscale=exoscale), store)
     zone, snapshot_id = args.zone, args.snapshot_id
     try:
-        record, created = await _claim(ctx.store, zone, snapshot_id)
+        record, created = await _claim(ctx.store, zone, snapshot_id, request)
         if not created and record.active:
             print(
                 f"{zone}/{snapshot_id}: joined the running restore; running its steps here too",
                 file=sys.stderr,
             )
         record = await run_here(
-            run_restore(ctx, zone, snapshot_id, request),
+            LocalRunner(ctx).run(CHAIN.first, zone, snapshot_id),
             follow(ctx.store, zone, snapshot_id, _display(args), 0.25, kind=GENESIS),
         )
     finally:
@@ -117,16 +141,16 @@ async def _local(settings: Settings, args: argparse.Namespace, request: Any) -> 
     return report(record, args.json)
 
 
-async def _queue(settings: Settings, args: argparse.Namespace, request: Any) -> int:
+async def _queue(settings: Settings, args: argparse.Namespace, request: RestoreRequest) -> int:
     from jobs import actors
 
     zone, snapshot_id = args.zone, args.snapshot_id
     store = RedisJobStore.for_settings(settings)
     try:
-        record, created = await _claim(store, zone, snapshot_id)
+        record, created = await _claim(store, zone, snapshot_id, request)
         if created or record.sent_at is None:
             try:
-                actors.genesis_convert.send(zone, snapshot_id, *request.args())
+                actors.genesis_convert.send(zone, snapshot_id)
             except Exception as error:
                 if created:
                     await store.discard(record)

@@ -27,7 +27,7 @@ import dramatiq
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.middleware import CurrentMessage, Middleware
 
-from jobs.chains import ARCHIVE, CHAIN_OF, Chain
+from jobs.chains import CHAIN_OF, Chain
 from jobs.context import Context
 from jobs.steps import Next
 from worker import logs, metrics
@@ -133,16 +133,17 @@ async def _launch(step: str, a: str, b: str) -> None:
 async def _count_end(
     ctx: Context, chain: Chain, zone: str, snapshot_id: str, started: float
 ) -> None:
-    """Count an archive job in the metrics if this step ended it (a stale message finds it
-    ended before the step started)."""
-    if chain is not ARCHIVE:
+    """Count a job (an archive, a restore) in the metrics if this step ended it (a stale
+    message finds it ended before the step started)."""
+    kind = chain.record_kind
+    if kind is None:
         return
     try:
-        record = await ctx.store.get(zone, snapshot_id)
+        record = await ctx.store.get(zone, snapshot_id, kind=kind)
     except STORE_UNREACHABLE:
         return
     if record is not None and not record.active and record.updated_at >= started:
-        metrics.job_ended("archive", record)
+        metrics.job_ended(kind, record)
 
 
 async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> Next | None:

@@ -5,8 +5,8 @@
 retries, durations per actor) and these:
 
 - ``snaparchive_archive_bytes_total``: bytes of images archived (verified and committed);
-- ``snaparchive_jobs_total{kind,result}``: jobs ended, by kind (``archive``) and result
-  (``done``, ``failed``, ``cancelled``);
+- ``snaparchive_jobs_total{kind,result}``: jobs ended, by kind (``archive``, ``restore``,
+  ``genesis``) and result (``done``, ``failed``, ``cancelled``);
 - ``snaparchive_job_duration_seconds{kind}``: from a job's claim to its end, in buckets from a
   minute to four days;
 - ``snaparchive_verify_failures_total``: verifications that failed (an MD5 that differs, a store
@@ -64,7 +64,8 @@ DURATION_BUCKETS = (
 )
 #: The results of ``snaparchive_jobs_total``, whose series exist (at 0) from the start.
 RESULTS = ("done", "failed", "cancelled")
-KINDS = ("archive",)
+#: The kinds of job counted (:data:`worker.jobstore.KINDS`), whose series exist from the start.
+KINDS = ("archive", "restore", "genesis")
 
 
 @dataclass(frozen=True)

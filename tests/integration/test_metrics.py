@@ -95,6 +95,8 @@ def test_a_worker_serves_its_metrics_and_dramatiq_s(env, simulator, port, tmp_pa
         assert done.returncode == 0, done.stderr + log.read_text()[-3000:]
         failed = cli(env, "archive", bad, "--zone", ZONE, "--wait", "--json")
         assert failed.returncode == 3, failed.stderr
+        restored = cli(env, "restore", good, "--zone", ZONE, "--template", "metered", "--wait")
+        assert restored.returncode == 0, restored.stderr + log.read_text()[-3000:]
         # A second worker on the same host and port refuses to start.
         second = cli(env, "worker", "--metrics-port", str(port), timeout=60)
         assert second.returncode == 2 and f"port {port}" in second.stderr
@@ -104,6 +106,8 @@ def test_a_worker_serves_its_metrics_and_dramatiq_s(env, simulator, port, tmp_pa
     assert value(samples, "snaparchive_jobs_total", kind="archive", result="done") == 1
     assert value(samples, "snaparchive_jobs_total", kind="archive", result="failed") == 1
     assert value(samples, "snaparchive_jobs_total", kind="archive", result="cancelled") == 0
+    assert value(samples, "snaparchive_jobs_total", kind="restore", result="done") == 1
+    assert value(samples, "snaparchive_jobs_total", kind="genesis", result="done") == 0
     assert value(samples, "snaparchive_job_duration_seconds_count", kind="archive") == 2
     # Jobs of seconds land in the first bucket (a minute).
     assert value(samples, "snaparchive_job_duration_seconds_bucket", kind="archive", le="60.0") == 2

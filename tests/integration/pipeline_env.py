@@ -48,6 +48,13 @@ def pipeline_env(simulator, moto_endpoint: str, bucket: str, broker_url: str, re
     return env
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` of a child a test sends SIGINT: SIGINT back to its default action. A
+    suite started in the background by a script (``pytest &``) runs with SIGINT ignored, and
+    children inherit that; Python then installs no handler for it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the ``snaparchive`` console script."""
     return subprocess.run(
@@ -100,6 +107,7 @@ def worker_process(
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         start_new_session=True,
+        preexec_fn=sigint_default,
     )
     try:
         yield process

@@ -22,6 +22,7 @@ from tests.integration.pipeline_env import (
     cli,
     forget_queue,
     pipeline_env,
+    sigint_default,
     status_json,
     wait_for,
     worker_process,
@@ -126,7 +127,12 @@ def test_a_worker_on_a_metrics_port_in_use_exits_2(env):
 def _interrupt(argv: list[str], env: dict[str, str], ready) -> subprocess.CompletedProcess:
     """Run ``snaparchive ARGV``, send SIGINT once ``ready()``, return how it ended."""
     process = subprocess.Popen(
-        [SNAPARCHIVE, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [SNAPARCHIVE, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
     )
     try:
         wait_for(ready, timeout=60)

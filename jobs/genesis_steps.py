@@ -31,7 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobs.context import Context
-from jobs.steps import RESUME_PAUSE, Next, StepFunction, load_checkpoint, run_token
+from jobs.steps import (
+    RESUME_PAUSE,
+    Next,
+    StepFunction,
+    end_cancelled,
+    load_checkpoint,
+    run_token,
+)
 from jobs.watch import LEASE_MARGIN, TransferWatch
 from worker.archive import ArchiveStore
 from worker.convert import RawImage, convert_archive, find_raw_image
@@ -309,20 +316,11 @@ async def drop_conversion(
 async def finish_cancelled(
     store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str, owner: str
 ) -> None:
-    """Drop what a cancelled restore's conversion left and mark it cancelled, under the lease
-    (while another run holds it, that run sees the request and does this itself)."""
-    if not await store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE, kind=GENESIS):
-        return
-    try:
-        job = await store.get(zone, snapshot_id, kind=GENESIS)
-        if job is None or not job.active:
-            return
-        await drop_conversion(store, archive, zone, snapshot_id)
-        await store.update(
-            zone, snapshot_id, kind=GENESIS, step=Step.CANCELLED, error="cancelled by operator"
-        )
-    finally:
-        await store.release_lease(zone, snapshot_id, owner, kind=GENESIS)
+    """End a cancelled Genesis restore (:func:`~jobs.steps.end_cancelled`): its conversion's
+    uploads are aborted."""
+    await end_cancelled(
+        store, archive, zone, snapshot_id, owner, kind=GENESIS, drop=drop_conversion
+    )
 
 
 async def _cleanup(

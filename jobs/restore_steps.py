@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from jobs.context import Context
-from jobs.steps import Next, StepFunction, run_token
+from jobs.steps import Next, StepFunction, end_cancelled, run_token
 from jobs.watch import LEASE_MARGIN
 from worker.archive import ArchiveStore
 from worker.errors import (
@@ -90,20 +90,18 @@ async def drop_temporary(
 async def finish_cancelled(
     store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str, owner: str
 ) -> None:
-    """Drop the temporary object of a cancelled restore and mark it cancelled, under the lease
-    (while another run holds it, that run sees the request and does this itself)."""
-    if not await store.acquire_lease(zone, snapshot_id, owner, STEP_LEASE, kind=RESTORE):
-        return
-    try:
-        job = await store.get(zone, snapshot_id, kind=RESTORE)
-        if job is None or not job.active:
-            return
-        await drop_temporary(store, archive, zone, snapshot_id)
-        await store.update(
-            zone, snapshot_id, kind=RESTORE, step=Step.CANCELLED, error="cancelled by operator"
-        )
-    finally:
-        await store.release_lease(zone, snapshot_id, owner, kind=RESTORE)
+    """End a cancelled restore (:func:`~jobs.steps.end_cancelled`): its temporary object is
+    deleted."""
+    await end_cancelled(
+        store,
+        archive,
+        zone,
+        snapshot_id,
+        owner,
+        kind=RESTORE,
+        drop=drop_temporary,
+        lease=STEP_LEASE,
+    )
 
 
 async def _leased(ctx: Context, zone: str, snapshot_id: str, step: str, owner: str) -> Next | None:

@@ -81,21 +81,52 @@ async def _active_job(ctx: Context, zone: str, snapshot_id: str) -> JobRecord | 
     return job
 
 
-async def finish_cancelled(
-    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str, owner: str
+#: What a cancelled job of a kind left, dropped (under its lease): ``(store, archive, zone,
+#: snapshot_id)``.
+Leftovers = Callable[[JobStore, ArchiveStore, str, str], Awaitable[None]]
+
+
+async def end_cancelled(
+    store: JobStore,
+    archive: ArchiveStore,
+    zone: str,
+    snapshot_id: str,
+    owner: str,
+    *,
+    kind: str = ARCHIVE,
+    drop: Leftovers | None = None,
+    lease: float = CLEANUP_LEASE,
 ) -> None:
     """Drop what a cancelled job left in the bucket and mark it cancelled.
 
     Only under the lease (``owner`` holds it, or takes it now): while another run holds it,
-    that run is transferring and finishes the cancel itself when it sees the request.
+    that run is working and finishes the cancel itself when it sees the request. A job that
+    ended meanwhile is left as it ended.
+
+    Parameters:
+      kind: The job's kind (default an archive).
+      drop: What drops its leftovers (default :func:`discard_job_transfer`, an archive's).
+      lease: Seconds the lease is taken for (default :data:`CLEANUP_LEASE`).
     """
-    if not await store.acquire_lease(zone, snapshot_id, owner, CLEANUP_LEASE):
+    if not await store.acquire_lease(zone, snapshot_id, owner, lease, kind=kind):
         return
     try:
-        await discard_job_transfer(store, archive, zone, snapshot_id)
-        await store.update(zone, snapshot_id, step=Step.CANCELLED, error="cancelled by operator")
+        job = await store.get(zone, snapshot_id, kind=kind)
+        if job is None or not job.active:
+            return
+        await (drop or discard_job_transfer)(store, archive, zone, snapshot_id)
+        await store.update(
+            zone, snapshot_id, kind=kind, step=Step.CANCELLED, error="cancelled by operator"
+        )
     finally:
-        await store.release_lease(zone, snapshot_id, owner)
+        await store.release_lease(zone, snapshot_id, owner, kind=kind)
+
+
+async def finish_cancelled(
+    store: JobStore, archive: ArchiveStore, zone: str, snapshot_id: str, owner: str
+) -> None:
+    """End a cancelled archive job (:func:`end_cancelled`): its uploads are aborted."""
+    await end_cancelled(store, archive, zone, snapshot_id, owner)
 
 
 async def load_checkpoint(

@@ -216,3 +216,19 @@ async def test_a_foreign_error_is_recorded_by_its_class_only(make_ctx, simulator
     assert job.step == "failed"
     assert job.error == "internal error (RuntimeError)"
     assert "deadbeefsecret" not in caplog.text
+
+
+async def test_a_cancel_that_comes_after_the_end_leaves_the_job_and_its_archive(
+    make_ctx, simulator, bucket
+):
+    # The operator's cancel and the job's end cross: the cancel takes the lease the finished
+    # transfer released, and must neither call the job cancelled nor touch its archive.
+    ctx = make_ctx()
+    snapshot_id = await _transferring(ctx, simulator)
+    assert await transfer_snapshot(ctx, ZONE, snapshot_id) is None
+    keys = bucket.keys()
+
+    await finish_cancelled(ctx.store, ctx.archive, ZONE, snapshot_id, "test-cancel")
+
+    assert (await ctx.store.get(ZONE, snapshot_id)).step == "done"
+    assert bucket.keys() == keys

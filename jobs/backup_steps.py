@@ -16,7 +16,7 @@ import logging
 import time
 
 from jobs.context import Context
-from jobs.steps import Next, StepFunction
+from jobs.steps import Next, StepFunction, record_effect
 from worker import backups
 from worker.backups import InstanceRun
 from worker.errors import OperationTimeout, describe
@@ -51,7 +51,11 @@ async def backup_snapshot(ctx: Context, run_id: str, instance_id: str) -> Next |
         operation = await ctx.exoscale.create_snapshot(policy.zone, instance_id)
         state.status, state.operation_id = backups.SNAPSHOTTING, operation.id
         state.wait_started_at = time.time()
-        await backups.save_instance(ctx.store, run_id, state)
+        await record_effect(
+            ctx,
+            f"{run_id}/{instance_id}: the snapshot's operation {operation.id}",
+            lambda: backups.save_instance(ctx.store, run_id, state),
+        )
     return Next("backup_await_snapshot", poll_interval(0))
 
 

@@ -37,6 +37,7 @@ from jobs.steps import (
     StepFunction,
     end_cancelled,
     load_checkpoint,
+    record_effect,
     run_token,
 )
 from jobs.watch import LEASE_MARGIN, TransferWatch
@@ -252,14 +253,19 @@ async def genesis_create(ctx: Context, zone: str, snapshot_id: str) -> Next | No
     logger.info(
         "%s/%s: Genesis Cloud snapshot %s is %s", zone, snapshot_id, created.id, created.raw_status
     )
-    await ctx.store.update(
-        zone,
-        snapshot_id,
-        kind=GENESIS,
-        step=Step.AWAITING_PROVIDER,
-        operation_id=created.id,
-        wait_started_at=time.time(),
-        result=outcome(ctx, zone, snapshot_id, request, image, created.id, "creating"),
+    result = outcome(ctx, zone, snapshot_id, request, image, created.id, "creating")
+    await record_effect(
+        ctx,
+        f"{zone}/{snapshot_id}: Genesis Cloud snapshot {created.id}",
+        lambda: ctx.store.update(
+            zone,
+            snapshot_id,
+            kind=GENESIS,
+            step=Step.AWAITING_PROVIDER,
+            operation_id=created.id,
+            wait_started_at=time.time(),
+            result=result,
+        ),
     )
     return Next("genesis_await", poll_interval(0))
 

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from jobs.context import Context
-from jobs.steps import Next, StepFunction, end_cancelled, run_token
+from jobs.steps import Next, StepFunction, end_cancelled, record_effect, run_token
 from jobs.watch import LEASE_MARGIN
 from worker.archive import ArchiveStore
 from worker.errors import (
@@ -220,13 +220,17 @@ async def _register(ctx: Context, zone: str, snapshot_id: str, owner: str) -> Ne
         description=description(manifest),
     )
     operation = await ctx.exoscale.register_template(target, spec)
-    await ctx.store.update(
-        zone,
-        snapshot_id,
-        kind=RESTORE,
-        step=Step.REGISTERING,
-        operation_id=operation.id,
-        wait_started_at=time.time(),
+    await record_effect(
+        ctx,
+        f"{zone}/{snapshot_id}: the registration's operation {operation.id}",
+        lambda: ctx.store.update(
+            zone,
+            snapshot_id,
+            kind=RESTORE,
+            step=Step.REGISTERING,
+            operation_id=operation.id,
+            wait_started_at=time.time(),
+        ),
     )
     logger.info("%s/%s: registering template in %s", zone, snapshot_id, target)
     return Next("restore_await", poll_interval(0))

@@ -11,6 +11,8 @@ decide between retry and failure with :func:`fail`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -62,6 +64,40 @@ class Next:
 
 
 StepFunction = Callable[[Context, str, str], Awaitable[Next | None]]
+
+
+#: Seconds between tries of :func:`record_effect`, at most.
+RECORD_PAUSE_MAX = 10.0
+
+
+async def record_effect(ctx: Context, what: str, write: Callable[[], Awaitable[object]]) -> None:
+    """Write the record of something a step just had done elsewhere (a template registered, a
+    snapshot or a Genesis snapshot asked for), riding through a job store that does not
+    answer: failing the step there would have it done a second time on the retry. Only a
+    worker that stops gives up (the step is then retried; the window is that short).
+
+    Parameters:
+      what: What is recorded, for the warning (``"ch-gva-2/ID: the template's operation"``).
+      write: The write, called until it goes through.
+    """
+    pause = 0.5
+    while True:
+        try:
+            await write()
+            return
+        except STORE_UNREACHABLE as error:
+            if ctx.shutdown.is_set():
+                raise
+            logger.warning(
+                "%s: the job store does not answer (%s); writing it again in %.1fs",
+                what,
+                type(error).__name__,
+                pause,
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(pause):
+                await ctx.shutdown.wait()
+        pause = min(pause * 2, RECORD_PAUSE_MAX)
 
 
 def run_token(ctx: Context) -> str:

@@ -10,6 +10,7 @@ every UploadPart it forwards: that record is how a part sent twice is seen.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -455,3 +456,45 @@ def test_sigterm_checkpoints_and_another_worker_finishes(make_scene):
     client.close()
 
     _assert_resumed(scene, left, scene.finish())
+
+
+async def test_a_snapshot_asked_for_is_recorded_once_the_job_store_is_back(
+    own_redis, simulator, s3_settings, small_transfer, caplog
+):
+    # The job store goes away while Exoscale makes the snapshot (its API asks to wait 2 s
+    # first): failing the step then would ask for a second snapshot on the retry. The step
+    # waits for the store instead, and records the one snapshot.
+    from jobs.backup_steps import backup_snapshot
+    from jobs.context import Context
+    from tests.fixtures.simulator import signed_request
+    from worker import backups
+    from worker.jobstore import RedisJobStore
+    from worker.policy import loads
+    from worker.settings import Settings
+
+    instance_id = str(uuid.uuid4())
+    simulator.add_instance(instance_id, ZONE)
+    policy = loads(
+        f'[[policy]]\nname = "web"\nzone = "{ZONE}"\ninstances = ["{instance_id}"]\n'
+        'schedule = "0 3 * * *"\nsnapshots_keep = 1\n[policy.keep]\nlast = 1\n'
+    ).policies[0]
+    settings = Settings(exoscale=simulator.settings(), s3=s3_settings, transfer=small_transfer)
+    ctx = Context.create(settings, RedisJobStore(own_redis.url, namespace="outage"))
+    try:
+        await backups.start_run(ctx.store, "run-1", policy, [instance_id], "test")
+        simulator.set_faults(Faults(rate_limits=1, retry_after=2))
+        step = asyncio.create_task(backup_snapshot(ctx, "run-1", instance_id))
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(own_redis.stop)
+        await asyncio.sleep(3)
+        await asyncio.to_thread(own_redis.start)
+        following = await asyncio.wait_for(step, 60)
+        state = await backups.load_instance(ctx.store, "run-1", instance_id)
+    finally:
+        await ctx.close()
+
+    assert following is not None and following.step == "backup_await_snapshot"
+    assert state is not None and state.operation_id is not None
+    listed = signed_request(simulator, "GET", "/snapshot").json()["snapshots"]
+    assert [s["instance"]["id"] for s in listed] == [instance_id]
+    assert "the job store does not answer" in caplog.text

@@ -47,14 +47,13 @@ from worker.convert.manifest import raw_manifest_key
 from worker.convert.source import conversion_scope
 from worker.errors import (
     ApiError,
-    NotFound,
     OperationTimeout,
     SnaparchiveError,
     describe,
     is_permanent,
 )
 from worker.jobstore import GENESIS, STORE_UNREACHABLE, JobRecord, JobStore, Step
-from worker.manifest import ArchiveId, Manifest
+from worker.manifest import ArchiveId
 from worker.polling import poll_interval
 from worker.providers.genesiscloud import GenesisCloud
 from worker.transfer import TransferStopped, discard_transfer
@@ -147,16 +146,6 @@ async def _active(ctx: Context, zone: str, snapshot_id: str) -> JobRecord | None
     return job
 
 
-async def _archive(ctx: Context, zone: str, snapshot_id: str) -> Manifest:
-    manifest = await ctx.archive.find_archive(PROVIDER, zone, snapshot_id)
-    if manifest is None:
-        raise NotFound(
-            f"no verified archive of {zone}/{snapshot_id} in "
-            f"s3://{ctx.archive.bucket}/{ctx.archive.prefix}"
-        )
-    return manifest
-
-
 def _genesis() -> GenesisCloud:
     return GenesisCloud.from_env(os.environ)
 
@@ -168,7 +157,7 @@ async def genesis_convert(ctx: Context, zone: str, snapshot_id: str) -> Next | N
     if job is None:
         return None
     request = RestoreRequest.of(job)
-    manifest = await _archive(ctx, zone, snapshot_id)
+    manifest = await ctx.archive.require_archive(PROVIDER, zone, snapshot_id)
     owner, leased_at = run_token(ctx), time.monotonic()
     ttl = ctx.settings.lease_ttl
     if not await ctx.store.acquire_lease(zone, snapshot_id, owner, ttl, kind=GENESIS):
@@ -234,7 +223,7 @@ async def genesis_create(ctx: Context, zone: str, snapshot_id: str) -> Next | No
     request = RestoreRequest.of(job)
     if job.operation_id:
         return Next("genesis_await")  # a message sent again: the snapshot is asked for
-    manifest = await _archive(ctx, zone, snapshot_id)
+    manifest = await ctx.archive.require_archive(PROVIDER, zone, snapshot_id)
     image = await find_raw_image(ctx.archive, manifest)
     if image is None:
         return Next("genesis_convert")  # gone meanwhile: make it again

@@ -58,13 +58,7 @@ STEP_LEASE = 300.0
 
 
 async def _manifest(ctx: Context, zone: str, snapshot_id: str) -> Manifest:
-    manifest = await ctx.archive.find_archive(PROVIDER, zone, snapshot_id)
-    if manifest is None:
-        raise NotFound(
-            f"no verified archive of {zone}/{snapshot_id} in "
-            f"s3://{ctx.archive.bucket}/{ctx.archive.prefix}"
-        )
-    return manifest
+    return await ctx.archive.require_archive(PROVIDER, zone, snapshot_id)
 
 
 async def load_join(store: JobStore, zone: str, snapshot_id: str) -> JoinState | None:

@@ -158,6 +158,19 @@ class ArchiveStore(Bucket):
         except NotFound:
             return None
 
+    async def require_archive(self, provider: str, zone: str, snapshot_id: str) -> Manifest:
+        """Return the manifest of the verified archive of a snapshot.
+
+        Raises:
+          NotFound: There is none (the message names the bucket and prefix looked in).
+        """
+        manifest = await self.find_archive(provider, zone, snapshot_id)
+        if manifest is None:
+            raise NotFound(
+                f"no verified archive of {zone}/{snapshot_id} in s3://{self.bucket}/{self.prefix}"
+            )
+        return manifest
+
     async def archived_snapshots(self, concurrency: int = 8) -> set[tuple[str, str, str]]:
         """Return ``(provider, zone, snapshot_id)`` of every archive whose manifest is valid
         (see :meth:`scan_archives`)."""

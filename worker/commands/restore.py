@@ -30,7 +30,7 @@ from pathlib import Path
 
 from worker import argtypes as types
 from worker.archive import ArchiveStore
-from worker.errors import NotFound, StoreError
+from worker.errors import StoreError
 from worker.manifest import BOOT_MODES, Manifest
 from worker.progress import ProgressDisplay
 from worker.reader import CONCURRENCY
@@ -156,14 +156,9 @@ async def find_manifest(store: ArchiveStore, zone: str, snapshot_id: str) -> Man
     """
     key = store.manifest_key("exoscale", zone, snapshot_id)
     try:
-        manifest = await store.find_archive("exoscale", zone, snapshot_id)
+        return await store.require_archive("exoscale", zone, snapshot_id)
     except StoreError as error:
         raise StoreError(f"cannot read the manifest {key}: {error}") from None
-    if manifest is None:
-        raise NotFound(
-            f"no verified archive of {zone}/{snapshot_id} in s3://{store.bucket}/{store.prefix}"
-        )
-    return manifest
 
 
 def _to_file(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from worker.archive import ArchiveStore
 from worker.commands.archive import local_store
 from worker.commands.follow import follow, run_here
-from worker.errors import ConfigError, NotFound, SnaparchiveError, describe
+from worker.errors import ConfigError, SnaparchiveError, describe
 from worker.jobstore import GENESIS, JobRecord, JobStore, RedisJobStore, Step
 from worker.progress import ProgressDisplay
 from worker.settings import Settings, load
@@ -75,11 +75,7 @@ def _environ() -> dict[str, str]:
 async def _restore(settings: Settings, args: argparse.Namespace, request: RestoreRequest) -> int:
     zone, snapshot_id = args.zone, args.snapshot_id
     async with ArchiveStore(settings.s3) as archive:
-        if await archive.find_archive("exoscale", zone, snapshot_id) is None:
-            raise NotFound(
-                f"no verified archive of {zone}/{snapshot_id} in "
-                f"s3://{settings.s3.bucket}/{settings.s3.prefix}"
-            )
+        await archive.require_archive("exoscale", zone, snapshot_id)
     if args.local:
         return await _local(settings, args, request)
     return await _queue(settings, args, request)

@@ -17,7 +17,6 @@ text of a foreign exception (aiohttp's, botocore's) can hold URLs and headers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 import time
@@ -29,7 +28,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from jobs.chains import CHAIN_OF, Chain
 from jobs.context import Context
-from jobs.steps import Next
+from jobs.steps import Next, until_store_answers
 from worker import logs, metrics
 from worker import settings as settings_module
 from worker.broker import make_broker, safe_traceback
@@ -40,8 +39,6 @@ from worker.md5state import resumable_available
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 8
-#: Seconds between looks at a job store that does not answer, at most.
-STORE_WAIT_MAX = 10.0
 #: Polling steps are short; the transfer runs for one slice (SNAPARCHIVE_TRANSFER_SLICE).
 SHORT_TIME_LIMIT = 5 * 60 * 1000
 #: Milliseconds that stand for "no limit" (Dramatiq's time limit wants a number).
@@ -109,22 +106,6 @@ class ContextLifecycle(Middleware):
             _context = None
 
 
-async def _until_store_answers(ctx: Context) -> None:
-    """Wait while the job store is unreachable (unless the worker is stopping).
-
-    Recording a failure needs it, and with Redis as the broker so do the retry and the next
-    step's message: one sent to a broker that is down would be lost, and the job with it.
-    """
-    pause = 0.5
-    while not await ctx.store.ping():
-        if ctx.shutdown.is_set():
-            return
-        logger.warning("the job store is unreachable; waiting %.1fs for it", pause)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.shutdown.wait(), pause)
-        pause = min(pause * 2, STORE_WAIT_MAX)
-
-
 async def _launch(step: str, a: str, b: str) -> None:
     """Start another job's chain: a message for ``step``'s actor."""
     await asyncio.to_thread(ACTORS[step].send, a, b)
@@ -155,7 +136,7 @@ async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> N
         try:
             following = await chain.steps[name](ctx, zone, snapshot_id)
         except Exception as error:
-            await _until_store_answers(ctx)
+            await until_store_answers(ctx)
             permanent = isinstance(error, SnaparchiveError) and error.permanent
             if permanent or last_try:
                 await chain.fail(ctx, zone, snapshot_id, error)
@@ -166,7 +147,7 @@ async def _run_step(name: str, zone: str, snapshot_id: str, last_try: bool) -> N
             await _count_end(ctx, chain, zone, snapshot_id, started)
         else:
             # Its message may go to a broker that is this very Redis.
-            await _until_store_answers(ctx)
+            await until_store_answers(ctx)
         return following
 
 

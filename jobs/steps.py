@@ -66,21 +66,38 @@ class Next:
 StepFunction = Callable[[Context, str, str], Awaitable[Next | None]]
 
 
-#: Seconds between tries of :func:`record_effect`, at most.
-RECORD_PAUSE_MAX = 10.0
+#: Seconds between looks at a job store that does not answer, at most.
+STORE_WAIT_MAX = 10.0
+
+
+async def until_store_answers(ctx: Context) -> None:
+    """Wait while the job store is unreachable (unless the process is stopping).
+
+    Recording a failure needs it, and with Redis as the broker so do the retry and the next
+    step's message: one sent to a broker that is down would be lost, and the job with it.
+    """
+    pause = 0.5
+    while not await ctx.store.ping():
+        if ctx.shutdown.is_set():
+            return
+        logger.warning("the job store is unreachable; waiting %.1fs for it", pause)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(pause):
+                await ctx.shutdown.wait()
+        pause = min(pause * 2, STORE_WAIT_MAX)
 
 
 async def record_effect(ctx: Context, what: str, write: Callable[[], Awaitable[object]]) -> None:
     """Write the record of something a step just had done elsewhere (a template registered, a
     snapshot or a Genesis snapshot asked for), riding through a job store that does not
-    answer: failing the step there would have it done a second time on the retry. Only a
-    worker that stops gives up (the step is then retried; the window is that short).
+    answer (:func:`until_store_answers`): failing the step there would have it done a second
+    time on the retry. Only a process that stops gives up (the step is then retried; the
+    window is that short).
 
     Parameters:
       what: What is recorded, for the warning (``"ch-gva-2/ID: the template's operation"``).
-      write: The write, called until it goes through.
+      write: The write, tried again once the store answers.
     """
-    pause = 0.5
     while True:
         try:
             await write()
@@ -88,16 +105,8 @@ async def record_effect(ctx: Context, what: str, write: Callable[[], Awaitable[o
         except STORE_UNREACHABLE as error:
             if ctx.shutdown.is_set():
                 raise
-            logger.warning(
-                "%s: the job store does not answer (%s); writing it again in %.1fs",
-                what,
-                type(error).__name__,
-                pause,
-            )
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(pause):
-                await ctx.shutdown.wait()
-        pause = min(pause * 2, RECORD_PAUSE_MAX)
+            logger.warning("%s: not recorded yet (%s)", what, type(error).__name__)
+        await until_store_answers(ctx)
 
 
 def run_token(ctx: Context) -> str:
